@@ -1,0 +1,1 @@
+"""Vault's HTTP API on aiohttp: parse, authorize, call the domain, render."""

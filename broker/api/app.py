@@ -1,0 +1,151 @@
+"""The aiohttp application: one dispatcher for every ``/v1/`` path, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+from aiohttp import web
+
+from broker.api.context import SERVICES, RequestContext, Services
+
+__all__ = ["SERVICES", "create_app", "start_server"]
+from broker.api.listmethod import VaultAppRunner
+from broker.api.params import Params
+from broker.api.responses import error_response
+from broker.api.routes import DATABASE_ROUTES, SYS_ROUTES
+from broker.api.routing import match, operation_of
+from broker.catalog import Catalog
+from broker.engines.registry import EngineRegistry
+from broker.exceptions import BrokerError
+from broker.leases import LeaseManager
+from broker.migrations import apply_migrations
+from broker.scheduler import SweepScheduler
+from broker.settings import Settings
+from broker.storage import Storage, create_pool
+
+log = logging.getLogger(__name__)
+ROOT_DISPLAY_NAME = "root"
+
+
+def _token_of(request: web.Request) -> str:
+    token = request.headers.get("X-Vault-Token", "")
+    if not token:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+    return token
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    path = request.match_info["tail"]
+    operation = operation_of(request)
+    mount = ""
+    if path.startswith("sys/"):
+        found = match(SYS_ROUTES, path)
+    else:
+        resolved = await services.catalog.resolve_mount(path)
+        found = None
+        if resolved is not None:
+            mount, rest = resolved
+            found = match(DATABASE_ROUTES, rest)
+    if found is None:
+        return error_response(404, [f'no handler for route "{path}". route entry not found.'])
+    target, args = found
+    if target.authenticated and not services.settings.token_is_root(_token_of(request)):
+        return error_response(403, ["permission denied"])
+    handler = target.handlers.get(operation) if operation else None
+    if handler is None:
+        return error_response(405, ["unsupported operation"])
+    ctx = RequestContext(
+        request=request,
+        services=services,
+        params=await Params.from_request(request),
+        path_args=args,
+        mount=mount,
+        display_name=ROOT_DISPLAY_NAME,
+    )
+    return await handler(ctx)
+
+
+@web.middleware
+async def vault_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure leaves as Vault's ``{"errors": [...]}``; nothing leaks a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except BrokerError as exc:
+        return error_response(exc.status, [exc.message])
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, [exc.reason])
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, ["internal error"])
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[vault_errors], client_max_size=settings.max_request_bytes)
+    app.router.add_route("*", "/v1/{tail:.*}", dispatch)
+    app.cleanup_ctx.append(_services_ctx(settings))
+    return app
+
+
+def _services_ctx(
+    settings: Settings,
+) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.storage_dsn, max_size=settings.storage_pool_size)
+        engines = EngineRegistry()
+        scheduler: SweepScheduler | None = None
+        try:
+            if settings.apply_migrations:
+                await apply_migrations(pool)
+            storage = Storage(pool)
+            leases = LeaseManager(storage, engines, settings)
+            catalog = Catalog(storage, engines, leases, settings)
+            await catalog.refresh_mounts()
+            scheduler = SweepScheduler(leases, settings.sweep_interval)
+            app[SERVICES] = Services(settings, storage, catalog, leases, scheduler)
+            scheduler.start()
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown()
+            await engines.close()
+            await pool.close()
+
+    return contextlib.asynccontextmanager(services_ctx)
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"listen address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+async def start_server(settings: Settings, app: web.Application | None = None) -> VaultAppRunner:
+    """Start serving; the caller owns the returned runner and must ``cleanup()`` it."""
+    app = app or create_app(settings)
+    runner = VaultAppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = parse_listen_address(settings.listen_address)
+    ssl_context = None
+    if settings.tls_cert_file:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+    await site.start()
+    return runner

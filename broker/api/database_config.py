@@ -1,0 +1,76 @@
+"""<mount>/config/:name: database connections."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.api.context import RequestContext
+from broker.api.responses import list_response, no_content, vault_response
+from broker.catalog import ConnectionUpdate
+from broker.exceptions import InvalidRequest
+
+_OPTION_KEYS = (
+    "max_open_connections",
+    "max_idle_connections",
+    "max_connection_lifetime",
+    "connect_timeout",
+    "statement_timeout",
+)
+
+
+async def write_connection(ctx: RequestContext) -> web.StreamResponse:
+    p = ctx.params
+    options: dict[str, object] = {}
+    for key in _OPTION_KEYS:
+        value = p.raw(key)
+        if value is not None:
+            if key == "max_connection_lifetime":
+                options[key] = p.ttl(key)
+                continue
+            try:
+                options[key] = int(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequest(f"{key}: expected an integer") from exc
+    update = ConnectionUpdate(
+        plugin_name=p.text("plugin_name"),
+        connection_url=p.text("connection_url"),
+        username=p.text("username"),
+        password=p.text("password"),
+        allowed_roles=p.strings("allowed_roles"),
+        username_template=p.text("username_template"),
+        verify_connection=p.flag("verify_connection"),
+        options=options or None,
+    )
+    await ctx.services.catalog.write_connection(ctx.mount, ctx.arg("name"), update)
+    warnings = p.unused_warning()
+    if warnings:
+        return vault_response(None, warnings=warnings)
+    return no_content()
+
+
+async def read_connection(ctx: RequestContext) -> web.StreamResponse:
+    c = await ctx.services.catalog.read_connection(ctx.mount, ctx.arg("name"))
+    data = {
+        "plugin_name": c.plugin_name,
+        "plugin_version": "",
+        "connection_details": {
+            "connection_url": c.connection_url,
+            "username": c.username,
+            **{k: v for k, v in c.options.items()},
+        },
+        "allowed_roles": list(c.allowed_roles),
+        "username_template": c.username_template,
+        "verify_connection": c.verify_connection,
+        "root_credentials_rotate_statements": [],
+        "password_policy": "",
+    }
+    return vault_response(data)
+
+
+async def list_connections(ctx: RequestContext) -> web.StreamResponse:
+    return list_response(await ctx.services.catalog.list_connections(ctx.mount))
+
+
+async def delete_connection(ctx: RequestContext) -> web.StreamResponse:
+    await ctx.services.catalog.delete_connection(ctx.mount, ctx.arg("name"))
+    return no_content()

@@ -1,0 +1,117 @@
+"""Request parameters the way Vault accepts them: JSON or form body, query string, and
+loose types (TTL strings, comma-separated lists, "true")."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from aiohttp import web
+
+from broker.durations import parse_duration
+from broker.exceptions import InvalidRequest
+
+
+class Params:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+        self._used: set[str] = set()
+
+    @classmethod
+    async def from_request(cls, request: web.Request) -> Params:
+        values: dict[str, Any] = {k: v for k, v in request.query.items() if k != "list"}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                values.update(_parse_body(raw, request.content_type))
+        return cls(values)
+
+    def has(self, name: str) -> bool:
+        return name in self._values
+
+    def _get(self, name: str) -> Any:
+        self._used.add(name)
+        return self._values.get(name)
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool | dict | list):
+            raise InvalidRequest(f"{name}: expected a string")
+        return str(value)
+
+    def required_str(self, name: str) -> str:
+        value = self.text(name)
+        if not value:
+            raise InvalidRequest(f"missing required parameter {name!r}")
+        return value
+
+    def flag(self, name: str, default: bool | None = None) -> bool | None:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "t", "yes"):
+            return True
+        if text in ("false", "0", "f", "no", ""):
+            return False
+        raise InvalidRequest(f"{name}: expected a boolean")
+
+    def ttl(self, name: str, default: int | None = None) -> int | None:
+        value = self._get(name)
+        if value is None or value == "":
+            return default
+        return parse_duration(value, name)
+
+    def strings(self, name: str) -> tuple[str, ...] | None:
+        """A JSON list or a comma-separated string (Vault accepts both)."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise InvalidRequest(f"{name}: expected a list of strings or a comma-separated string")
+
+    def statements(self, name: str) -> tuple[str, ...] | None:
+        """Statement lists: a JSON list, or one string (not split on commas: SQL has them)."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return (value,) if value.strip() else ()
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(v for v in value if v.strip())
+        raise InvalidRequest(f"{name}: expected a string or a list of strings")
+
+    def raw(self, name: str) -> Any:
+        return self._get(name)
+
+    def unused_warning(self) -> list[str]:
+        unused = sorted(set(self._values) - self._used)
+        if not unused:
+            return []
+        return [f"Endpoint ignored these unrecognized parameters: [{' '.join(unused)}]"]
+
+
+def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            pairs = urllib.parse.parse_qsl(
+                raw.decode(), keep_blank_values=True, strict_parsing=True
+            )
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest("failed to parse form body") from exc
+        return dict(pairs)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("failed to parse JSON input: " + str(exc).split(":")[0]) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("failed to parse JSON input: expected an object")
+    return body

@@ -1,0 +1,95 @@
+"""sys/leases: lookup, list, renew, revoke, revoke-prefix, revoke-force."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from broker.api.context import RequestContext
+from broker.api.responses import list_response, no_content, vault_response
+from broker.exceptions import InvalidRequest
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _lease_id(ctx: RequestContext) -> str:
+    """The id from the URL tail or the body (Vault accepts both)."""
+    lease_id = ctx.path_args.get("lease_id") or ctx.params.text("lease_id") or ""
+    if not lease_id:
+        raise InvalidRequest("lease_id must be specified")
+    return lease_id.strip("/")
+
+
+async def lookup_lease(ctx: RequestContext) -> web.StreamResponse:
+    lease = await ctx.services.leases.lookup(_lease_id(ctx))
+    now = dt.datetime.now(dt.UTC)
+    live = lease.is_live and lease.revoked_at is None
+    data = {
+        "id": lease.lease_id,
+        "issue_time": _iso(lease.issued_at),
+        "expire_time": _iso(lease.expires_at) if live else None,
+        "last_renewal": _iso(lease.last_renewed_at),
+        "renewable": lease.state == "active",
+        "ttl": max(0, int((lease.expires_at - now).total_seconds())) if live else 0,
+        # Beyond Vault: where the lease is in its life, and why a revocation is retrying.
+        "state": lease.state,
+        "revocation_attempts": lease.attempts,
+        "last_error": lease.last_error,
+        "next_attempt_time": _iso(lease.due_at) if lease.state == "revoking" else None,
+        "revoke_time": _iso(lease.revoked_at),
+    }
+    return vault_response(data, top_level=True)
+
+
+async def list_leases(ctx: RequestContext) -> web.StreamResponse:
+    prefix = ctx.path_args.get("prefix", "")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return list_response(await ctx.services.leases.list_keys(prefix))
+
+
+async def renew_lease(ctx: RequestContext) -> web.StreamResponse:
+    lease_id = _lease_id(ctx)
+    increment = ctx.params.ttl("increment", 0) or 0
+    renewed = await ctx.services.leases.renew(lease_id, increment)
+    return vault_response(
+        None,
+        lease_id=renewed.lease_id,
+        renewable=True,
+        lease_duration=renewed.lease_duration,
+        warnings=renewed.warnings,
+    )
+
+
+async def revoke_lease(ctx: RequestContext) -> web.StreamResponse:
+    lease_id = _lease_id(ctx)
+    sync = ctx.params.flag("sync", True)
+    await ctx.services.leases.revoke(lease_id, sync=bool(sync))
+    if not sync:
+        ctx.services.scheduler.kick()
+        return web.Response(status=202)
+    return no_content()
+
+
+def _prefix(ctx: RequestContext) -> str:
+    prefix = ctx.arg("prefix").strip()
+    if not prefix.strip("/"):
+        raise InvalidRequest("a non-empty prefix is required")
+    return prefix
+
+
+async def revoke_prefix(ctx: RequestContext) -> web.StreamResponse:
+    sync = ctx.params.flag("sync", True)
+    await ctx.services.leases.revoke_prefix(_prefix(ctx), sync=bool(sync))
+    if not sync:
+        ctx.services.scheduler.kick()
+        return web.Response(status=202)
+    return no_content()
+
+
+async def revoke_force(ctx: RequestContext) -> web.StreamResponse:
+    await ctx.services.leases.revoke_force(_prefix(ctx))
+    return no_content()

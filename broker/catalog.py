@@ -1,0 +1,232 @@
+"""Secrets engine mounts, database connections and roles: validation and persistence.
+
+Writes are checked here, when they happen (plugin known, URL parseable, templates valid,
+connection reachable), so a bad configuration is a 400 on write, not a failure at issuance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from broker.engines.registry import EngineRegistry, build_engine, check_plugin_name
+from broker.exceptions import BrokerError, InvalidRequest, NotFound
+from broker.leases import LeaseManager
+from broker.models import Connection, Mount, Role
+from broker.secrets_gen import random_string
+from broker.settings import Settings
+from broker.storage import Storage
+from broker.templates import STATEMENT_VARIABLES, UsernameTemplate, check_statements
+
+MOUNT_TYPES = ("database",)
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_RESERVED_MOUNTS = ("sys", "auth", "cubbyhole", "identity")
+# Vault's per-table grants: serialised by the broker, but PostgreSQL caps them near 2,400
+# live roles per table (the ACL must fit in one 8 kB row).
+_PER_TABLE_GRANT = re.compile(r"\bGRANT\b[\s\S]*\bON\b\s+(?:ALL\s+TABLES|TABLE)\b", re.IGNORECASE)
+PER_TABLE_GRANT_WARNING = (
+    "creation statements grant privileges on tables to each user: PostgreSQL serialises "
+    "such grants and refuses them past about 2,400 live users per table; granting "
+    'membership in a prepared group role (GRANT readers TO "{{name}}") scales instead'
+)
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+def normalise_mount_path(path: str) -> str:
+    path = path.strip("/")
+    if not _MOUNT_PATH.match(path):
+        raise InvalidRequest(f"invalid mount path {path!r}")
+    if path.split("/", 1)[0] in _RESERVED_MOUNTS:
+        raise InvalidRequest(f"cannot mount at reserved path {path!r}")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUpdate:
+    """Fields present in a connection write; None means 'keep the stored value'."""
+
+    plugin_name: str | None = None
+    connection_url: str | None = None
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    allowed_roles: tuple[str, ...] | None = None
+    username_template: str | None = None
+    verify_connection: bool | None = None
+    options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleUpdate:
+    db_name: str | None = None
+    creation_statements: tuple[str, ...] | None = None
+    revocation_statements: tuple[str, ...] | None = None
+    rollback_statements: tuple[str, ...] | None = None
+    renew_statements: tuple[str, ...] | None = None
+    default_ttl: int | None = None
+    max_ttl: int | None = None
+
+
+class Catalog:
+    def __init__(
+        self, storage: Storage, engines: EngineRegistry, leases: LeaseManager, settings: Settings
+    ) -> None:
+        self._storage = storage
+        self._engines = engines
+        self._leases = leases
+        self._settings = settings
+        self._mount_paths: frozenset[str] = frozenset()
+
+    # -- mounts ---------------------------------------------------------------------------
+
+    async def refresh_mounts(self) -> None:
+        self._mount_paths = frozenset(m.path for m in await self._storage.list_mounts())
+
+    async def resolve_mount(self, path: str) -> tuple[str, str] | None:
+        """Split a request path into (mount, rest) by the longest enabled mount prefix.
+
+        Mounts are cached per node; a miss reloads them once, so a mount enabled on another
+        node is found on first use.
+        """
+        for attempt in range(2):
+            best = max(
+                (m for m in self._mount_paths if path == m or path.startswith(m + "/")),
+                key=len,
+                default=None,
+            )
+            if best is not None:
+                return best, path[len(best) + 1 :]
+            if attempt == 0:
+                await self.refresh_mounts()
+        return None
+
+    async def enable_mount(self, path: str, type_: str, description: str = "") -> None:
+        path = normalise_mount_path(path)
+        if type_ not in MOUNT_TYPES:
+            raise InvalidRequest(f"plugin not found in the catalog: {type_}")
+        if any(path.startswith(m + "/") or m.startswith(path + "/") for m in self._mount_paths):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        accessor = f"{type_}_{random_string(8).lower()}"
+        if not await self._storage.insert_mount(path, type_, description, accessor):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        await self.refresh_mounts()
+
+    async def get_mount(self, path: str) -> Mount:
+        mount = await self._storage.get_mount(path.strip("/"))
+        if mount is None:
+            raise NotFound()
+        return mount
+
+    async def list_mounts(self) -> list[Mount]:
+        return await self._storage.list_mounts()
+
+    async def disable_mount(self, path: str) -> None:
+        """Like Vault: revoke every lease of the mount first; keep the mount if that fails."""
+        path = path.strip("/")
+        if await self._storage.get_mount(path) is None:
+            return
+        await self._leases.revoke_prefix(path + "/")
+        await self._storage.delete_mount(path)
+        self._engines.forget(path)
+        await self.refresh_mounts()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def write_connection(self, mount: str, name: str, update: ConnectionUpdate) -> None:
+        check_name("connection", name)
+        existing = await self._storage.get_connection(mount, name)
+        if existing is None:
+            if not update.plugin_name:
+                raise InvalidRequest("plugin_name must be provided")
+            if not update.connection_url:
+                raise InvalidRequest("connection_url must be provided")
+            base = Connection(
+                mount, name, update.plugin_name, update.connection_url, "", "", (), "", True, {}
+            )
+        else:
+            base = existing
+        changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        connection = dataclasses.replace(base, **changes)
+        check_plugin_name(connection.plugin_name)
+        if connection.username_template:
+            UsernameTemplate(connection.username_template)
+        engine = build_engine(connection)  # parses the URL: a 400 here if it is malformed
+        try:
+            if connection.verify_connection:
+                try:
+                    await engine.verify_connection()
+                except BrokerError as exc:
+                    raise InvalidRequest(
+                        f"error creating database object: error verifying connection: {exc.message}"
+                    ) from exc
+        finally:
+            await engine.close()
+        await self._storage.upsert_connection(connection)
+
+    async def read_connection(self, mount: str, name: str) -> Connection:
+        connection = await self._storage.get_connection(mount, name)
+        if connection is None:
+            raise NotFound()
+        return connection
+
+    async def list_connections(self, mount: str) -> list[str]:
+        return await self._storage.list_connections(mount)
+
+    async def delete_connection(self, mount: str, name: str) -> None:
+        live = await self._storage.count_live_leases_of_connection(mount, name)
+        if live:
+            raise InvalidRequest(
+                f"connection {name!r} has {live} live lease(s); revocation needs it. Revoke "
+                f"them first (sys/leases/revoke-prefix/{mount}/creds/<role>)"
+            )
+        await self._storage.delete_connection(mount, name)
+        self._engines.forget(mount, name)
+
+    # -- roles ----------------------------------------------------------------------------
+
+    async def write_role(self, mount: str, name: str, update: RoleUpdate) -> list[str]:
+        """Returns warnings for the response."""
+        check_name("role", name)
+        existing = await self._storage.get_role(mount, name)
+        if existing is None:
+            if not update.db_name:
+                raise InvalidRequest("db_name is required")
+            base = Role(mount, name, update.db_name, (), (), (), (), 0, 0)
+        else:
+            base = existing
+        changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        role = dataclasses.replace(base, **changes)
+        for kind in STATEMENT_VARIABLES:
+            check_statements(kind, getattr(role, kind))
+        if role.max_ttl and role.default_ttl > role.max_ttl:
+            raise InvalidRequest("default_ttl cannot be greater than max_ttl")
+        warnings = []
+        if role.max_ttl > self._settings.max_lease_ttl:
+            warnings.append(
+                f"max_ttl is greater than the system max lease TTL; "
+                f"{self._settings.max_lease_ttl}s will be used"
+            )
+        if any(_PER_TABLE_GRANT.search(s) for s in role.creation_statements):
+            warnings.append(PER_TABLE_GRANT_WARNING)
+        await self._storage.upsert_role(role)
+        return warnings
+
+    async def read_role(self, mount: str, name: str) -> Role:
+        role = await self._storage.get_role(mount, name)
+        if role is None:
+            raise NotFound()
+        return role
+
+    async def list_roles(self, mount: str) -> list[str]:
+        return await self._storage.list_roles(mount)
+
+    async def delete_role(self, mount: str, name: str) -> None:
+        # Leases keep their own revocation statements, so they revoke without the role.
+        await self._storage.delete_role(mount, name)

@@ -1,0 +1,354 @@
+"""The ``broker`` command: the server, its operator commands, and a developer client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import shlex
+import signal
+import sys
+from typing import Any
+
+from broker.client import BrokerClient, ClientError
+from broker.settings import Settings
+
+EPILOG = """examples:
+  broker server --dev
+  broker creds readonly --format dsn
+  broker lease list database/creds/readonly/
+  broker lease revoke --prefix database/creds/readonly/
+  broker revoke-expired --config broker.toml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="Short-lived database logins behind Vault's HTTP API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    server = sub.add_parser(
+        "server", help="run the broker", description="Run the broker. Example: broker server --dev"
+    )
+    server.add_argument("--config", help="TOML settings file (BROKER_* variables override it)")
+    server.add_argument(
+        "--dev",
+        action="store_true",
+        help="embedded PostgreSQL, root token printed, demo role 'readonly'",
+    )
+    server.add_argument("--dev-root-token-id", default="", help="root token to use in dev mode")
+    server.add_argument("--dev-listen-address", default="127.0.0.1:8200", help="HOST:PORT")
+    server.add_argument(
+        "--dev-storage-dsn",
+        default="",
+        help="keep dev state in this PostgreSQL instead of an embedded one",
+    )
+
+    for name, text in (
+        ("migrate", "apply the SQL migrations in sql/ and exit"),
+        ("revoke-expired", "revoke every due lease once and exit (for cron)"),
+    ):
+        cmd = sub.add_parser(
+            name, help=text, description=f"{text}. Example: broker {name} --config broker.toml"
+        )
+        cmd.add_argument("--config", help="TOML settings file")
+
+    creds = sub.add_parser(
+        "creds",
+        help="issue a database login for ROLE",
+        description="Example: broker creds readonly --format env",
+    )
+    creds.add_argument("role")
+    creds.add_argument("--mount", default="database")
+    creds.add_argument("--format", choices=("table", "json", "env", "dsn"), default="table")
+
+    lease = sub.add_parser(
+        "lease",
+        help="look up, renew, revoke or list leases",
+        description="Example: broker lease renew LEASE_ID --increment 1h",
+    )
+    lease_sub = lease.add_subparsers(dest="lease_command", required=True)
+    lookup = lease_sub.add_parser("lookup", help="show a lease")
+    lookup.add_argument("lease_id")
+    renew = lease_sub.add_parser("renew", help="extend a lease")
+    renew.add_argument("lease_id")
+    renew.add_argument("--increment", default="", help="seconds or duration, e.g. 1h")
+    revoke = lease_sub.add_parser("revoke", help="revoke a lease (or every lease under a prefix)")
+    revoke.add_argument("lease_id")
+    revoke.add_argument("--prefix", action="store_true", help="treat LEASE_ID as a prefix")
+    revoke.add_argument(
+        "--force",
+        action="store_true",
+        help="with --prefix: forget the leases even if revocation fails",
+    )
+    listing = lease_sub.add_parser("list", help="list lease ids under a prefix")
+    listing.add_argument("prefix", nargs="?", default="")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "server":
+            return asyncio.run(_serve(args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
+        if args.command == "revoke-expired":
+            return asyncio.run(_revoke_expired(args))
+        if args.command == "creds":
+            return _creds(args)
+        if args.command == "lease":
+            return _lease(args)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+# -- server-side commands ------------------------------------------------------------------
+
+
+def _settings(config: str | None) -> Settings:
+    settings = Settings.load(config)
+    if not settings.storage_dsn:
+        raise ValueError("storage_dsn is not set (config file or BROKER_STORAGE_DSN)")
+    return settings
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from broker import dev
+    from broker.api.app import SERVICES, create_app, start_server
+    from broker.embedded import EmbeddedPostgres
+    from broker.secrets_gen import token
+
+    if not args.dev:
+        settings = _settings(args.config)
+        runner = await start_server(settings)
+        print(f"broker listening on {settings.listen_address}", flush=True)
+        try:
+            await _wait_for_signal()
+        finally:
+            await runner.cleanup()
+        return 0
+
+    embedded: EmbeddedPostgres | None = None
+    settings = Settings.load(args.config) if args.config else Settings()
+    root_token = args.dev_root_token_id or token()
+    try:
+        if args.dev_storage_dsn:
+            storage_dsn = admin_dsn = args.dev_storage_dsn
+        else:
+            embedded = EmbeddedPostgres()
+            await asyncio.to_thread(embedded.start)
+            storage_dsn, admin_dsn = embedded.dsn("postgres"), embedded.dsn("postgres")
+        settings = settings.replace(
+            storage_dsn=storage_dsn, listen_address=args.dev_listen_address, root_token=root_token
+        )
+        app = create_app(settings)
+        runner = await start_server(settings, app)
+        try:
+            services = app[SERVICES]
+            await dev.ensure_demo(services.storage, services.catalog, admin_dsn)
+            _print_dev_banner(settings, embedded)
+            await _wait_for_signal()
+        finally:
+            await runner.cleanup()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    return 0
+
+
+def _print_dev_banner(settings: Settings, embedded: Any) -> None:
+    address = f"http://{settings.listen_address}"
+    storage = (
+        f"embedded PostgreSQL on {embedded.host}:{embedded.port} (removed on exit)"
+        if embedded
+        else "the PostgreSQL given by --dev-storage-dsn"
+    )
+    print(
+        "==> broker server started in dev mode. Do not run dev mode in production.\n\n"
+        f"    Api Address: {address}\n"
+        f"    Root Token:  {settings.root_token}\n"
+        f"    Storage:     {storage}\n"
+        "    Demo:        broker creds readonly   (database/creds/readonly)\n\n"
+        f"    export BROKER_ADDR='{address}'\n"
+        f"    export BROKER_TOKEN='{settings.root_token}'\n",
+        flush=True,
+    )
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from broker.migrations import apply_migrations
+    from broker.storage import create_pool
+
+    settings = _settings(args.config)
+    pool = await create_pool(settings.storage_dsn, min_size=1, max_size=2)
+    try:
+        applied = await apply_migrations(pool)
+    finally:
+        await pool.close()
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    return 0
+
+
+async def _revoke_expired(args: argparse.Namespace) -> int:
+    from broker.engines.registry import EngineRegistry
+    from broker.leases import LeaseManager
+    from broker.migrations import apply_migrations
+    from broker.storage import Storage, create_pool
+
+    settings = _settings(args.config)
+    pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
+    engines = EngineRegistry()
+    try:
+        await apply_migrations(pool)
+        result = await LeaseManager(Storage(pool), engines, settings).sweep()
+    finally:
+        await engines.close()
+        await pool.close()
+    print(f"revoked {result.revoked} lease(s), {result.failed} failed, in {result.seconds:.2f}s")
+    for error in result.errors:
+        print(f"  failed: {error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+# -- client commands -----------------------------------------------------------------------
+
+
+def _connection_of(client: BrokerClient, mount: str, role: str) -> dict[str, str]:
+    """Host, port, database and engine kind of the role's connection, for --format env/dsn."""
+    from broker.engines.mysql import parse_connection_url as parse_mysql
+    from broker.engines.postgres import parse_connection_url as parse_postgres
+
+    db_name = client.request("GET", f"{mount}/roles/{role}")["data"]["db_name"]
+    data = client.request("GET", f"{mount}/config/{db_name}")["data"]
+    url = data["connection_details"]["connection_url"]
+    if data["plugin_name"].startswith("postgresql"):
+        params = parse_postgres(url)
+        return {
+            "kind": "postgresql",
+            "host": params.get("host", "127.0.0.1"),
+            "port": params.get("port", "5432"),
+            "database": params.get("dbname", "postgres"),
+        }
+    fields = parse_mysql(url)
+    return {
+        "kind": "mysql",
+        "host": fields.get("host", "127.0.0.1"),
+        "port": fields.get("port", "3306"),
+        "database": fields.get("db", ""),
+    }
+
+
+def _creds(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    client = BrokerClient.from_env()
+    response = client.request("GET", f"{args.mount}/creds/{args.role}")
+    username, password = response["data"]["username"], response["data"]["password"]
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=response["lease_duration"])
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "lease_id": response["lease_id"],
+                    "lease_duration": response["lease_duration"],
+                    "expires_at": expires.isoformat(),
+                    "username": username,
+                    "password": password,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if args.format == "table":
+        rows = [
+            ("lease_id", response["lease_id"]),
+            ("lease_duration", f"{response['lease_duration']}s"),
+            ("expires_at", expires.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("username", username),
+            ("password", password),
+        ]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+        return 0
+    conn = _connection_of(client, args.mount, args.role)
+    quoted = (urllib.parse.quote(username, safe=""), urllib.parse.quote(password, safe=""))
+    host = conn["host"] if not conn["host"].startswith("/") else "localhost"
+    dsn = f"{conn['kind']}://{quoted[0]}:{quoted[1]}@{host}:{conn['port']}/{conn['database']}"
+    if args.format == "dsn":
+        print(dsn)
+        return 0
+    if conn["kind"] == "postgresql":
+        env = {
+            "PGHOST": conn["host"],
+            "PGPORT": conn["port"],
+            "PGDATABASE": conn["database"],
+            "PGUSER": username,
+            "PGPASSWORD": password,
+        }
+    else:
+        env = {
+            "MYSQL_HOST": conn["host"],
+            "MYSQL_TCP_PORT": conn["port"],
+            "MYSQL_DATABASE": conn["database"],
+            "MYSQL_USER": username,
+            "MYSQL_PWD": password,
+        }
+    env["DATABASE_URL"] = dsn
+    env["BROKER_LEASE_ID"] = response["lease_id"]
+    print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+    return 0
+
+
+def _lease(args: argparse.Namespace) -> int:
+    client = BrokerClient.from_env()
+    command = args.lease_command
+    if command == "lookup":
+        data = client.request("PUT", "sys/leases/lookup", {"lease_id": args.lease_id})["data"]
+        print(json.dumps(data, indent=2))
+    elif command == "renew":
+        body: dict[str, Any] = {"lease_id": args.lease_id}
+        if args.increment:
+            body["increment"] = args.increment
+        response = client.request("PUT", "sys/leases/renew", body)
+        print(f"{response['lease_id']} renewed: {response['lease_duration']}s left")
+        for warning in response.get("warnings") or []:
+            print(f"warning: {warning}", file=sys.stderr)
+    elif command == "revoke":
+        if args.prefix:
+            kind = "revoke-force" if args.force else "revoke-prefix"
+            client.request("PUT", f"sys/leases/{kind}/{args.lease_id}")
+        else:
+            client.request("PUT", "sys/leases/revoke", {"lease_id": args.lease_id})
+        print(f"revoked {args.lease_id}{' (prefix)' if args.prefix else ''}")
+    elif command == "list":
+        prefix = args.prefix
+        with contextlib.suppress(ClientError):
+            keys = client.request("GET", f"sys/leases/lookup/{prefix}?list=true")["data"]["keys"]
+            print("\n".join(keys))
+            return 0
+        print("no leases", file=sys.stderr)
+    return 0

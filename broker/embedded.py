@@ -1,0 +1,157 @@
+"""A throwaway PostgreSQL cluster: dev mode's storage and demo target, and the tests'
+password-checking server.
+
+Binaries come from the ``pgserver`` wheel when it is installed and usable, else from the
+machine (``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``). The cluster checks
+passwords (``scram-sha-256``), listens on loopback only and, because PostgreSQL refuses to
+run as root, runs as ``nobody`` when started by root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from broker.secrets_gen import generate_password
+
+
+def _world_usable(path: Path) -> bool:
+    """True if a user with no special group can reach and run ``path``."""
+    try:
+        if not path.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+    except OSError:
+        return False
+
+
+def find_bin_dir(need_world_access: bool) -> Path:
+    candidates: list[Path] = []
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    for candidate in candidates:
+        postgres = candidate / "postgres"
+        if postgres.is_file() and (candidate / "initdb").is_file():
+            if need_world_access and not _world_usable(postgres):
+                continue
+            return candidate
+    raise RuntimeError(
+        "no PostgreSQL binaries found: install the 'pgserver' package or PostgreSQL's server "
+        "package (initdb, pg_ctl)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    def __init__(self, *, superuser_password: str | None = None, fsync: bool = False) -> None:
+        self.user = "postgres"
+        self.password = superuser_password or generate_password()
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._fsync = fsync
+        self._root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
+        self._data = self._root / "data"
+        self._run_as: pwd.struct_passwd | None = (
+            pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        )
+        self._bin = find_bin_dir(need_world_access=self._run_as is not None)
+        self._started = False
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        kwargs: dict[str, object] = {}
+        if self._run_as is not None:
+            kwargs = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
+        result = subprocess.run(
+            [str(self._bin / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            cwd=self._root,
+            check=False,
+            **kwargs,  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def start(self) -> None:
+        pwfile = self._root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self._run_as is not None:
+            self._root.chmod(0o700)
+            for path in (self._root, pwfile):
+                os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
+        self._run(
+            "initdb",
+            "-D",
+            str(self._data),
+            "-U",
+            self.user,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+        pwfile.unlink()
+        for attempt in range(5):
+            self.port = free_port()
+            options = (
+                f"-c listen_addresses={self.host} -p {self.port} "
+                f"-c unix_socket_directories={self._root} -c max_connections=300 "
+                f"-c fsync={'on' if self._fsync else 'off'} -c synchronous_commit=off "
+                f"-c full_page_writes=off"
+            )
+            try:
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self._data),
+                    "-l",
+                    str(self._root / "log"),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                )
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        self._started = True
+
+    def stop(self) -> None:
+        if self._started:
+            with contextlib.suppress(RuntimeError):
+                self._run("pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "stop")
+            self._started = False
+        shutil.rmtree(self._root, ignore_errors=True)

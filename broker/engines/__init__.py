@@ -1,0 +1,1 @@
+"""Database plugins: one module per database behind the interface in ``base``."""

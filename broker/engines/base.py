@@ -1,0 +1,82 @@
+"""The interface every database plugin implements, and the requests it receives.
+
+Plugins see only these request records: the lease manager owns TTLs, passwords and
+leases; a plugin knows nothing of HTTP or of the broker's storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    connection_url: str
+    username: str
+    password: str = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,)
+
+
+@dataclass(frozen=True, slots=True)
+class NewUserRequest:
+    username: str
+    password: str = field(repr=False)
+    expiration: dt.datetime
+    creation_statements: tuple[str, ...]
+    rollback_statements: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RenewUserRequest:
+    username: str
+    expiration: dt.datetime
+    renew_statements: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeUserRequest:
+    username: str
+    revocation_statements: tuple[str, ...]
+
+
+class DatabaseEngine(Protocol):
+    """One configured connection to one target database server."""
+
+    #: The longest user name the database accepts.
+    username_limit: int
+
+    async def verify_connection(self) -> None:
+        """Connect and run a trivial query; raise ``TargetUnavailable`` saying why not."""
+
+    async def create_user(self, request: NewUserRequest) -> None:
+        """Run the creation statements, atomically where the database allows.
+
+        On failure the rollback statements (or a default drop) run before the error is
+        raised, so no half-created user survives. Raises ``StatementError`` when the
+        statements are at fault, ``TargetUnavailable`` when the database cannot be reached.
+        """
+
+    async def renew_user(self, request: RenewUserRequest) -> None:
+        """Move the user's database-side expiry, if the database has one."""
+
+    async def revoke_user(self, request: RevokeUserRequest) -> None:
+        """Remove the login and everything it can do.
+
+        Idempotent: succeeds if the user does not exist. Best effort across steps: access
+        is removed first, and a failing step does not stop the later ones; the error is
+        raised at the end if the user still exists.
+        """
+
+    async def close(self) -> None:
+        """Close the connection pool, waiting for operations in flight."""
+
+
+def format_expiration(moment: dt.datetime) -> str:
+    """``{{expiration}}`` as both PostgreSQL and MySQL parse it, in UTC."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")

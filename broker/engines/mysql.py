@@ -1,0 +1,251 @@
+"""MySQL and MariaDB plugin on aiomysql.
+
+Account statements in MySQL commit implicitly, so creation cannot be one transaction:
+on failure the rollback statements (or a drop at every host) undo what ran.
+Statements are sent without parameters (aiomysql would otherwise %-format them), which is
+safe because every value comes from the broker's own safe alphabets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiomysql
+import pymysql
+
+from broker.engines.base import (
+    ConnectionConfig,
+    NewUserRequest,
+    RenewUserRequest,
+    RevokeUserRequest,
+    format_expiration,
+)
+from broker.exceptions import InvalidRequest, StatementError, TargetError, TargetUnavailable
+from broker.redaction import redact
+from broker.templates import expand_statements, render
+
+DEFAULT_CREATION = ("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",)
+
+_GO_DSN = re.compile(
+    r"^(?:(?P<user>[^:@]*)(?::(?P<password>.*))?@)?"
+    r"(?:(?P<net>tcp|unix)\((?P<addr>[^)]*)\))?"
+    r"/(?P<db>[^?]*)(?:\?(?P<params>.*))?$"
+)
+# Errors that mean the server is unreachable or refused us, as opposed to a bad statement.
+_CONNECT_ERROR_CODES = {1040, 1045, 1049, 1129, 1130, 2002, 2003, 2005, 2006, 2013}
+
+
+def parse_connection_url(template: str) -> dict[str, str]:
+    """Connection fields from Vault's Go driver DSN
+    (``{{username}}:{{password}}@tcp(host:port)/db?params``) or a ``mysql://`` URL.
+
+    Parsed with the placeholders still in, so credentials cannot change the address.
+    """
+    text = template.strip()
+    fields: dict[str, str] = {}
+    if text.startswith(("mysql://", "mariadb://")):
+        url = urllib.parse.urlsplit(text)
+        fields["user"] = urllib.parse.unquote(url.username or "")
+        fields["password"] = urllib.parse.unquote(url.password or "")
+        fields["host"] = url.hostname or "127.0.0.1"
+        fields["port"] = str(url.port or 3306)
+        fields["db"] = url.path.strip("/")
+        return fields
+    match = _GO_DSN.match(text)
+    if not match:
+        raise InvalidRequest(
+            "connection_url: expected {{username}}:{{password}}@tcp(host:port)/dbname"
+        )
+    fields["user"] = match.group("user") or ""
+    fields["password"] = match.group("password") or ""
+    fields["db"] = match.group("db") or ""
+    addr = match.group("addr") or "127.0.0.1:3306"
+    if match.group("net") == "unix":
+        fields["unix_socket"] = addr
+    else:
+        host, _, port = addr.rpartition(":") if ":" in addr else (addr, "", "3306")
+        fields["host"] = host.strip("[]") or "127.0.0.1"
+        if not port.isdigit():
+            raise InvalidRequest("connection_url: invalid port")
+        fields["port"] = port
+    return fields
+
+
+def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
+    fields = parse_connection_url(config.connection_url)
+    fill = {"username": config.username, "password": config.password}
+    fields = {key: render(value, fill) for key, value in fields.items()}
+    args: dict[str, Any] = {
+        "user": fields.get("user") or config.username,
+        "password": fields.get("password") or config.password,
+        "autocommit": True,
+        "connect_timeout": int(config.options.get("connect_timeout", 5)),
+    }
+    if fields.get("db"):
+        args["db"] = fields["db"]
+    if "unix_socket" in fields:
+        args["unix_socket"] = fields["unix_socket"]
+    else:
+        args["host"] = fields["host"]
+        args["port"] = int(fields["port"])
+    return args
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        return exc.args[0] in _CONNECT_ERROR_CODES
+    return False
+
+
+class MySQLEngine:
+    def __init__(self, config: ConnectionConfig, *, username_limit: int = 32) -> None:
+        self._config = config
+        self._args = connect_arguments(config)
+        self._max_size = int(config.options.get("max_open_connections", 8))
+        self._pool: aiomysql.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self.username_limit = username_limit
+
+    async def _get_pool(self) -> aiomysql.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                try:
+                    self._pool = await aiomysql.create_pool(
+                        minsize=0, maxsize=self._max_size, pool_recycle=300, **self._args
+                    )
+                except Exception as exc:
+                    raise TargetUnavailable(
+                        "cannot connect to MySQL: " + redact(str(exc), self._config.secrets)
+                    ) from exc
+            return self._pool
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                yield cur
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            if _is_connect_error(exc):
+                raise TargetUnavailable(
+                    "MySQL connection failed: " + redact(str(exc), self._config.secrets)
+                ) from exc
+            raise
+
+    async def _run(self, cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
+        for statement in statements:
+            await cur.execute(render(statement, values))
+
+    async def verify_connection(self) -> None:
+        async with self._cursor() as cur:
+            await cur.execute("SELECT 1")
+
+    async def create_user(self, request: NewUserRequest) -> None:
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "password": request.password,
+            "expiration": format_expiration(request.expiration),
+        }
+        statements = expand_statements(request.creation_statements or DEFAULT_CREATION)
+        secrets = (*self._config.secrets, request.password)
+        try:
+            async with self._cursor() as cur:
+                await self._run(cur, statements, values)
+        except pymysql.err.MySQLError as exc:
+            await self._rollback(request, values)
+            raise StatementError(
+                "creation statements failed: " + redact(str(exc), secrets)
+            ) from exc
+        except TargetUnavailable:
+            await self._rollback(request, values)
+            raise
+
+    async def _rollback(self, request: NewUserRequest, values: Mapping[str, str]) -> None:
+        """Run the rollback statements, then make sure the user is gone at every host.
+
+        A failure of that last step propagates as ``TargetError``, so the lease manager
+        leaves the lease to the sweep instead of marking it failed."""
+        if request.rollback_statements:
+            with contextlib.suppress(pymysql.err.MySQLError, TargetError):
+                async with self._cursor() as cur:
+                    await self._run(cur, expand_statements(request.rollback_statements), values)
+        await self.revoke_user(RevokeUserRequest(request.username, ()))
+
+    async def renew_user(self, request: RenewUserRequest) -> None:
+        if not request.renew_statements:
+            return  # MySQL has no database-side expiry to move
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "expiration": format_expiration(request.expiration),
+        }
+        try:
+            async with self._cursor() as cur:
+                await self._run(cur, expand_statements(request.renew_statements), values)
+        except pymysql.err.MySQLError as exc:
+            raise StatementError(
+                "renew statements failed: " + redact(str(exc), self._config.secrets)
+            ) from exc
+
+    async def revoke_user(self, request: RevokeUserRequest) -> None:
+        name = request.username
+        errors: list[str] = []
+        async with self._cursor() as cur:
+            await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (name,))
+            hosts = [row[0] for row in await cur.fetchall()]
+            if not hosts:
+                return
+            # Lock every account of that name, then end its sessions, then drop.
+            for host in hosts:
+                try:
+                    await cur.execute("ALTER USER %s@%s ACCOUNT LOCK", (name, host))
+                except pymysql.err.MySQLError as exc:
+                    errors.append(str(exc))
+            try:
+                await cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (name,)
+                )
+                for (thread_id,) in await cur.fetchall():
+                    # The session may have ended by itself meanwhile.
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        await cur.execute("KILL %s", (int(thread_id),))
+            except pymysql.err.MySQLError as exc:
+                errors.append(str(exc))
+            if request.revocation_statements:
+                try:
+                    await self._run(
+                        cur,
+                        expand_statements(request.revocation_statements),
+                        {"name": name, "username": name},
+                    )
+                except pymysql.err.MySQLError as exc:
+                    errors.append(str(exc))
+            for host in hosts:
+                try:
+                    await cur.execute("DROP USER IF EXISTS %s@%s", (name, host))
+                except pymysql.err.MySQLError as exc:
+                    errors.append(str(exc))
+            await cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (name,))
+            row = await cur.fetchone()
+            if row and row[0] == 0:
+                return
+        raise TargetError(
+            f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._config.secrets)
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
+            await pool.wait_closed()

@@ -1,0 +1,332 @@
+"""PostgreSQL plugin on asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from broker.engines.base import (
+    ConnectionConfig,
+    NewUserRequest,
+    RenewUserRequest,
+    RevokeUserRequest,
+    format_expiration,
+)
+from broker.exceptions import InvalidRequest, StatementError, TargetError, TargetUnavailable
+from broker.redaction import redact
+from broker.templates import expand_statements, render
+
+DEFAULT_CREATION = (
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+)
+DEFAULT_RENEW = ("ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'",)
+
+# Statements that rewrite an object's ACL or ownership. PostgreSQL updates the object's
+# catalog row in place, so two sessions doing it at once fail with "tuple concurrently
+# updated" or deadlock; the plugin serialises them per database with this advisory lock.
+_ACL_STATEMENT = re.compile(
+    r"\b(?:GRANT|REVOKE)\b[\s\S]*\bON\b|\bALTER\s+DEFAULT\s+PRIVILEGES\b|\bREASSIGN\s+OWNED\b"
+    r"|\bDROP\s+OWNED\b",
+    re.IGNORECASE,
+)
+_ACL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('broker.acl'))"
+_RETRIES = 8
+
+_CONNECT_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and "concurrently" in str(exc)
+
+
+_CONNINFO_PAIR = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
+
+
+def parse_connection_url(template: str) -> dict[str, str]:
+    """libpq parameters from a ``postgresql://`` URL or a ``key=value`` string.
+
+    Parsed while ``{{username}}``/``{{password}}`` are still placeholders, so credentials
+    containing ``@``, ``:`` or ``/`` cannot change where the broker connects.
+    """
+    text = template.strip()
+    params: dict[str, str] = {}
+    if text.startswith(("postgres://", "postgresql://")):
+        url = urllib.parse.urlsplit(text)
+        if url.username:
+            params["user"] = urllib.parse.unquote(url.username)
+        if url.password:
+            params["password"] = urllib.parse.unquote(url.password)
+        if url.hostname:
+            params["host"] = urllib.parse.unquote(url.hostname)
+        try:
+            port = url.port
+        except ValueError as exc:
+            raise InvalidRequest(f"connection_url: invalid port: {exc}") from exc
+        if port:
+            params["port"] = str(port)
+        if url.path.strip("/"):
+            params["dbname"] = urllib.parse.unquote(url.path.strip("/"))
+        for key, values in urllib.parse.parse_qs(url.query).items():
+            params[key] = values[-1]
+        return params
+    pos = 0
+    while pos < len(text):
+        match = _CONNINFO_PAIR.match(text, pos)
+        if not match or match.end() == pos:
+            raise InvalidRequest("connection_url: not a postgresql:// URL or key=value string")
+        key, value = match.group(1), match.group(2)
+        if value.startswith("'"):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params[key] = value
+        pos = match.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    if not params:
+        raise InvalidRequest("connection_url is empty")
+    return params
+
+
+def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
+    """asyncpg keyword arguments for ``config``, placeholders filled."""
+    params = parse_connection_url(config.connection_url)
+    fill = {"username": config.username, "password": config.password}
+    params = {key: render(value, fill) for key, value in params.items()}
+    if not params.get("user") and config.username:
+        params["user"] = config.username
+    if not params.get("password") and config.password:
+        params["password"] = config.password
+    args: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("host", "user", "password"):
+            args[key] = value
+        elif key == "port":
+            args["port"] = int(value)
+        elif key == "dbname":
+            args["database"] = value
+        elif key == "sslmode":
+            args["ssl"] = None if value in ("disable", "allow") else value
+        elif key == "connect_timeout":
+            args["timeout"] = float(value)
+    return args
+
+
+class PostgresEngine:
+    username_limit = 63
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self._config = config
+        self._connect_args = connect_arguments(config)
+        self._connect_args.setdefault("timeout", float(config.options.get("connect_timeout", 5)))
+        self._max_size = int(config.options.get("max_open_connections", 8))
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _secrets(self, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return (*self._config.secrets, *extra)
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        min_size=0,
+                        max_size=self._max_size,
+                        command_timeout=float(self._config.options.get("statement_timeout", 30)),
+                        **self._connect_args,
+                    )
+                except _CONNECT_ERRORS as exc:
+                    raise TargetUnavailable(
+                        "cannot connect to PostgreSQL: " + redact(str(exc), self._secrets())
+                    ) from exc
+            assert self._pool is not None
+            return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except _CONNECT_ERRORS as exc:
+            raise TargetUnavailable(
+                "PostgreSQL connection failed: " + redact(str(exc), self._secrets())
+            ) from exc
+
+    async def _run_in_transaction(
+        self, conn: asyncpg.Connection, statements: list[str], values: Mapping[str, str]
+    ) -> None:
+        """Run ``statements`` atomically, retrying what concurrency alone made fail."""
+        for attempt in range(_RETRIES):
+            try:
+                async with conn.transaction():
+                    locked = False
+                    for statement in statements:
+                        if not locked and _ACL_STATEMENT.search(statement):
+                            await conn.execute(_ACL_LOCK)
+                            locked = True
+                        await conn.execute(render(statement, values))
+                return
+            except asyncpg.PostgresError as exc:
+                if not _is_retryable(exc) or attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+
+    # -- DatabaseEngine ---------------------------------------------------------------------
+
+    async def verify_connection(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def create_user(self, request: NewUserRequest) -> None:
+        statements = expand_statements(request.creation_statements or DEFAULT_CREATION)
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "password": request.password,
+            "expiration": format_expiration(request.expiration),
+        }
+        secrets = self._secrets((request.password,))
+        async with self._connection() as conn:
+            try:
+                await self._run_in_transaction(conn, statements, values)
+            except asyncpg.PostgresError as exc:
+                await self._rollback(conn, request, values)
+                raise StatementError(
+                    "creation statements failed: " + redact(str(exc), secrets)
+                ) from exc
+
+    async def _rollback(
+        self, conn: asyncpg.Connection, request: NewUserRequest, values: Mapping[str, str]
+    ) -> None:
+        # The creation transaction already rolled back; statements that cannot run in a
+        # transaction are what explicit rollback statements are for.
+        if request.rollback_statements:
+            with contextlib.suppress(asyncpg.PostgresError):
+                await self._run_in_transaction(
+                    conn, expand_statements(request.rollback_statements), values
+                )
+        await self.revoke_user(RevokeUserRequest(request.username, ()))
+
+    async def renew_user(self, request: RenewUserRequest) -> None:
+        statements = expand_statements(request.renew_statements or DEFAULT_RENEW)
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "expiration": format_expiration(request.expiration),
+        }
+        async with self._connection() as conn:
+            try:
+                await self._run_in_transaction(conn, statements, values)
+            except asyncpg.PostgresError as exc:
+                raise StatementError(
+                    "renew statements failed: " + redact(str(exc), self._secrets())
+                ) from exc
+
+    async def revoke_user(self, request: RevokeUserRequest) -> None:
+        name = request.username
+        ident = quote_ident(name)
+        errors: list[str] = []
+        async with self._connection() as conn:
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
+                return
+            # Access goes first: no new logins, then no open sessions.
+            for step in (
+                f"ALTER ROLE {ident} NOLOGIN",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = $1 AND pid <> pg_backend_pid()",
+            ):
+                try:
+                    if "$1" in step:
+                        await conn.execute(step, name)
+                    else:
+                        await conn.execute(step)
+                except asyncpg.PostgresError as exc:
+                    errors.append(str(exc))
+            if request.revocation_statements:
+                try:
+                    await self._run_in_transaction(
+                        conn,
+                        expand_statements(request.revocation_statements),
+                        {"name": name, "username": name},
+                    )
+                except asyncpg.PostgresError as exc:
+                    errors.append(str(exc))
+            # Whatever the statements did, the login must not survive: clean up what the role
+            # owns or was granted in every database, then drop it.
+            for _ in range(3):
+                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
+                    return
+                try:
+                    await self._drop_dependencies(conn, name)
+                    await self._run_in_transaction(conn, [f"DROP ROLE IF EXISTS {ident}"], {})
+                except (asyncpg.PostgresError, TargetError) as exc:
+                    errors.append(str(exc))
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
+                return
+        raise TargetError(
+            f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._secrets())
+        )
+
+    async def _drop_dependencies(self, conn: asyncpg.Connection, name: str) -> None:
+        """REASSIGN OWNED and DROP OWNED in each database where the role owns or holds
+        something: both only act on the current database, and Vault's default stops at the
+        first object owned elsewhere."""
+        rows = await conn.fetch(
+            """
+            SELECT DISTINCT d.datname, d.datname = current_database() AS is_current
+            FROM pg_shdepend s
+            JOIN pg_roles r ON r.oid = s.refobjid
+            LEFT JOIN pg_database d ON d.oid = s.dbid
+            WHERE s.refclassid = 'pg_authid'::regclass AND r.rolname = $1
+            """,
+            name,
+        )
+        if not rows:
+            return
+        ident = quote_ident(name)
+        cleanup = [f"REASSIGN OWNED BY {ident} TO CURRENT_USER", f"DROP OWNED BY {ident}"]
+        others = sorted({r["datname"] for r in rows if r["datname"] and not r["is_current"]})
+        # dbid 0 (shared objects such as database privileges) is cleaned from any database.
+        await self._run_in_transaction(conn, cleanup, {})
+        for database in others:
+            args = dict(self._connect_args, database=database)
+            try:
+                other = await asyncpg.connect(**args)
+            except _CONNECT_ERRORS as exc:
+                raise TargetError(f"cannot connect to database {database}: {exc}") from exc
+            try:
+                await self._run_in_transaction(other, cleanup, {})
+            finally:
+                await other.close()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()

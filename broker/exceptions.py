@@ -1,0 +1,72 @@
+"""The broker's own errors.
+
+Each carries the HTTP status the API answers with, so domain code never imports HTTP and
+handlers never guess. Messages must never contain a secret: engines pass driver errors
+through ``redaction.redact`` before raising.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Internal error."""
+
+    status: int = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "error").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidRequest(BrokerError):
+    """Invalid request."""
+
+    status = 400
+
+
+class NotFound(BrokerError):
+    """Not found."""
+
+    status = 404
+
+
+class PermissionDenied(BrokerError):
+    """permission denied"""
+
+    status = 403
+
+
+class UnsupportedOperation(BrokerError):
+    """unsupported operation"""
+
+    status = 405
+
+
+class StorageUnavailable(BrokerError):
+    """The broker's storage database is unavailable."""
+
+    status = 503
+
+
+class TargetError(BrokerError):
+    """The target database refused or failed the operation."""
+
+    status = 502
+
+
+class TargetUnavailable(TargetError):
+    """The target database cannot be reached."""
+
+    status = 503
+
+
+class StatementError(TargetError):
+    """A statement template failed on the target database.
+
+    A 400: the role's statements are wrong, not the service.
+    """
+
+    status = 400

@@ -1,0 +1,315 @@
+"""Issue, renew and revoke leases: the orchestration between storage and engines.
+
+The invariant everything here keeps: a lease row exists (committed) before the user it
+describes is created, and every live row is eventually revoked by one claim path, the
+same for the scheduler, explicit revocation by id or prefix, and ``revoke-expired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from broker.engines.base import NewUserRequest, RenewUserRequest, RevokeUserRequest
+from broker.engines.registry import EngineRegistry
+from broker.exceptions import (
+    BrokerError,
+    InvalidRequest,
+    StatementError,
+    TargetError,
+)
+from broker.faults import crash_point
+from broker.models import ClaimedLease, Connection, Lease, NewLease
+from broker.secrets_gen import generate_password, lease_suffix
+from broker.settings import Settings
+from broker.storage import Storage
+from broker.templates import UsernameTemplate, default_username
+
+log = logging.getLogger(__name__)
+
+#: The database-side expiry (PostgreSQL VALID UNTIL) trails the lease by this much, so the
+#: broker's own revocation (which also ends sessions) normally comes first.
+EXPIRATION_GRACE = dt.timedelta(seconds=5)
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 300.0
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Exponential backoff with jitter, capped; never gives up."""
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredentials:
+    lease_id: str
+    username: str
+    password: str = field(repr=False)
+    lease_duration: int
+    renewable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RenewedLease:
+    lease_id: str
+    lease_duration: int
+    warnings: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class SweepResult:
+    revoked: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class LeaseManager:
+    def __init__(self, storage: Storage, engines: EngineRegistry, settings: Settings) -> None:
+        self._storage = storage
+        self._engines = engines
+        self._settings = settings
+        self._sweep_lock = asyncio.Lock()
+
+    # -- issuance -------------------------------------------------------------------------
+
+    async def _connection_for(self, mount: str, name: str) -> Connection:
+        connection = await self._storage.get_connection(mount, name)
+        if connection is None:
+            raise InvalidRequest(f"unknown database connection {name!r}")
+        return connection
+
+    async def issue(self, mount: str, role_name: str, display_name: str) -> IssuedCredentials:
+        role = await self._storage.get_role(mount, role_name)
+        if role is None:
+            raise InvalidRequest(f"unknown role: {role_name}")
+        connection = await self._connection_for(mount, role.db_name)
+        if not connection.allows_role(role.name):
+            raise InvalidRequest(
+                f"{role.name!r} is not an allowed role of connection {connection.name!r}"
+            )
+        engine = self._engines.get(connection)
+
+        max_ttl = min(role.max_ttl or self._settings.max_lease_ttl, self._settings.max_lease_ttl)
+        ttl = min(role.default_ttl or self._settings.default_lease_ttl, max_ttl)
+        if connection.username_template:
+            username = UsernameTemplate(connection.username_template).render(
+                display_name, role.name
+            )
+            if len(username) > engine.username_limit:
+                raise InvalidRequest(
+                    f"username_template rendered {len(username)} characters; "
+                    f"the database allows {engine.username_limit}"
+                )
+        else:
+            username = default_username(display_name, role.name, engine.username_limit)
+        now = _now()
+        lease = NewLease(
+            lease_id=f"{mount}/creds/{role.name}/{lease_suffix()}",
+            mount=mount,
+            role_name=role.name,
+            connection_name=connection.name,
+            plugin_name=connection.plugin_name,
+            username=username,
+            revocation_statements=role.revocation_statements,
+            renew_statements=role.renew_statements,
+            issued_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl),
+            max_expires_at=now + dt.timedelta(seconds=max_ttl),
+        )
+        await self._storage.insert_lease(lease)
+        crash_point("after_lease_insert")
+
+        password = generate_password()
+        try:
+            await engine.create_user(
+                NewUserRequest(
+                    username=username,
+                    password=password,
+                    expiration=lease.expires_at + EXPIRATION_GRACE,
+                    creation_statements=role.creation_statements,
+                    rollback_statements=role.rollback_statements,
+                )
+            )
+        except StatementError as exc:
+            # The engine rolled back: nothing exists on the target.
+            await self._storage.mark_lease_failed(lease.lease_id, exc.message)
+            raise
+        except BaseException:
+            # Unknown outcome (connection lost mid-way, cancelled): let the sweep make sure.
+            await asyncio.shield(self._storage.make_leases_due(lease.lease_id))
+            raise
+        crash_point("after_user_create")
+
+        if not await self._storage.activate_lease(lease.lease_id):
+            # Revoked while we were creating the user; the user we just made must go too.
+            await self._storage.reopen_lease(lease.lease_id)
+            await self.revoke(lease.lease_id)
+            raise InvalidRequest("the lease was revoked while its credentials were being created")
+        return IssuedCredentials(lease.lease_id, username, password, ttl)
+
+    # -- lookup and renewal ---------------------------------------------------------------
+
+    async def lookup(self, lease_id: str) -> Lease:
+        lease = await self._storage.get_lease(lease_id)
+        if lease is None:
+            raise InvalidRequest("invalid lease")
+        return lease
+
+    async def renew(self, lease_id: str, increment: int) -> RenewedLease:
+        lease = await self._storage.get_lease(lease_id)
+        if lease is None or lease.state != "active":
+            raise InvalidRequest("lease not found or lease is not renewable")
+        if increment <= 0:
+            role = await self._storage.get_role(lease.mount, lease.role_name)
+            increment = (role.default_ttl if role else 0) or self._settings.default_lease_ttl
+        now = _now()
+        expires_at = now + dt.timedelta(seconds=increment)
+        warnings: tuple[str, ...] = ()
+        if expires_at > lease.max_expires_at:
+            expires_at = lease.max_expires_at
+            capped = max(0, int((expires_at - now).total_seconds()))
+            warnings = (
+                f"TTL of {increment}s exceeded the effective max_ttl; "
+                f"TTL value is capped accordingly to {capped}s",
+            )
+        if expires_at <= now:
+            raise InvalidRequest("lease has reached its max_ttl and cannot be renewed")
+        connection = await self._connection_for(lease.mount, lease.connection_name)
+        # Database first, then the lease: if the second step fails the database-side expiry
+        # is later than the lease's, and the sweep still revokes at the lease's.
+        await self._engines.get(connection).renew_user(
+            RenewUserRequest(lease.username, expires_at + EXPIRATION_GRACE, lease.renew_statements)
+        )
+        if not await self._storage.renew_lease(lease_id, expires_at):
+            raise InvalidRequest("lease not found or lease is not renewable")
+        return RenewedLease(lease_id, int((expires_at - now).total_seconds()), warnings)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await self._storage.list_lease_keys(prefix)
+
+    # -- revocation -----------------------------------------------------------------------
+
+    async def revoke(self, lease_id: str, *, sync: bool = True) -> None:
+        """Revoke one lease; a lease that does not exist is already revoked (as in Vault)."""
+        if await self._storage.get_lease(lease_id) is None:
+            return
+        await self.revoke_prefix(lease_id, sync=sync)
+
+    async def revoke_prefix(self, prefix: str, *, sync: bool = True) -> int:
+        """Revoke every live lease under ``prefix``; returns how many were due.
+
+        The rows are made due, then (when ``sync``) claimed and revoked here in batches,
+        through the same claim the scheduler uses, so the two never revoke one lease twice
+        at once and never lose one. Failures stay queued with backoff; the caller is told.
+        """
+        due = await self._storage.make_leases_due(prefix)
+        if not sync or due == 0:
+            return due
+        failures: list[str] = []
+        while True:
+            claimed = await self._storage.claim_due_leases(
+                self._settings.sweep_batch_size, self._settings.claim_timeout, prefix
+            )
+            if not claimed:
+                break
+            failures.extend(e for e in await self._revoke_claimed(claimed) if e)
+        # Leases another node claimed first: wait a little for it to finish them.
+        deadline = time.monotonic() + 10
+        pending = await self._storage.count_pending_leases(prefix)
+        while pending and not failures and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            pending = await self._storage.count_pending_leases(prefix)
+        if failures or pending:
+            detail = f": {failures[0]}" if failures else ""
+            raise TargetError(
+                f"{max(len(failures), pending)} revocation(s) under {prefix!r} did not complete "
+                f"and stay queued for retry{detail}"
+            )
+        return due
+
+    async def revoke_force(self, prefix: str) -> int:
+        """Vault's revoke-force: try to revoke, and forget the leases whatever happens."""
+        try:
+            await self.revoke_prefix(prefix)
+        except BrokerError as exc:
+            log.warning("revoke-force %s: %s", prefix, exc.message)
+        return await self._storage.force_revoked(prefix)
+
+    async def sweep(self) -> SweepResult:
+        """Revoke every lease that is due: expired, retrying, or left by a crashed node.
+
+        Claims bounded batches, so memory stays flat however long the backlog.
+        """
+        result = SweepResult()
+        started = time.monotonic()
+        async with self._sweep_lock:
+            while True:
+                claimed = await self._storage.claim_due_leases(
+                    self._settings.sweep_batch_size, self._settings.claim_timeout
+                )
+                if not claimed:
+                    break
+                errors = await self._revoke_claimed(claimed)
+                failed = [e for e in errors if e]
+                result.failed += len(failed)
+                result.revoked += len(errors) - len(failed)
+                result.errors.extend(failed[:10])
+                if len(claimed) < self._settings.sweep_batch_size:
+                    break
+        result.seconds = time.monotonic() - started
+        return result
+
+    async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
+        """Revoke a batch with bounded concurrency; one error (or None) per lease."""
+        semaphore = asyncio.Semaphore(self._settings.revoke_concurrency)
+        connections: dict[tuple[str, str], Connection | None] = {}
+
+        async def one(lease: ClaimedLease) -> str | None:
+            async with semaphore:
+                return await self._revoke_one(lease, connections)
+
+        return list(await asyncio.gather(*(one(lease) for lease in claimed)))
+
+    async def _revoke_one(
+        self, lease: ClaimedLease, connections: dict[tuple[str, str], Connection | None]
+    ) -> str | None:
+        key = (lease.mount, lease.connection_name)
+        try:
+            if key not in connections:
+                connections[key] = await self._storage.get_connection(*key)
+            connection = connections[key]
+            if connection is None:
+                raise TargetError(f"connection {lease.connection_name!r} no longer exists")
+            await self._engines.get(connection).revoke_user(
+                RevokeUserRequest(lease.username, lease.revocation_statements)
+            )
+        except BrokerError as exc:
+            delay = backoff_seconds(lease.attempts)
+            log.warning(
+                "revoking %s failed (attempt %d, retry in %.0fs): %s",
+                lease.lease_id,
+                lease.attempts,
+                delay,
+                exc.message,
+            )
+            await self._storage.schedule_revocation_retry(lease.lease_id, delay, exc.message)
+            return exc.message
+        crash_point("after_user_revoke")
+        # A lease still 'creating' when claimed may have a creator that is slow rather than
+        # dead; once no creation can still be running, make sure once more.
+        recheck_at = lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout)
+        remaining = (recheck_at - _now()).total_seconds()
+        if lease.prior_state == "creating" and remaining > 0:
+            await self._storage.schedule_revocation_recheck(lease.lease_id, remaining)
+        else:
+            await self._storage.finish_revocation(lease.lease_id)
+        return None

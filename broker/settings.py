@@ -1,0 +1,88 @@
+"""Server settings: a TOML file, overridden key by key by ``BROKER_*`` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.durations import parse_duration
+
+VAULT_DEFAULT_TTL = 768 * 3600  # Vault's system default and maximum lease TTL
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    storage_dsn: str = ""
+    listen_address: str = "127.0.0.1:8200"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    root_token: str = field(default="", repr=False)
+    #: Hex SHA-256 of the root token, so the config file need not hold the token itself.
+    root_token_sha256: str = ""
+    sweep_interval: float = 1.0
+    sweep_batch_size: int = 200
+    revoke_concurrency: int = 16
+    #: How long a claimed revocation stays hidden from other sweeps; a node that dies
+    #: mid-revocation releases its claims this way.
+    claim_timeout: float = 60.0
+    #: Upper bound on one user creation; a lease revoked while younger than this is
+    #: revoked once more after it, in case a slow creator made the user afterwards.
+    creation_timeout: float = 30.0
+    default_lease_ttl: int = VAULT_DEFAULT_TTL
+    max_lease_ttl: int = VAULT_DEFAULT_TTL
+    max_request_bytes: int = 1024 * 1024
+    storage_pool_size: int = 10
+    apply_migrations: bool = True
+    log_level: str = "INFO"
+
+    def token_is_root(self, token: str) -> bool:
+        if not token:
+            return False
+        if self.root_token and hmac.compare_digest(token.encode(), self.root_token.encode()):
+            return True
+        if self.root_token_sha256:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            return hmac.compare_digest(digest, self.root_token_sha256.lower())
+        return False
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, environ: dict[str, str] | None = None
+    ) -> Settings:
+        """File values first, then every ``BROKER_<KEY>`` variable that is set."""
+        environ = dict(os.environ) if environ is None else environ
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+            values.update(raw.get("broker", raw))
+        for f in dataclasses.fields(cls):
+            env_value = environ.get("BROKER_" + f.name.upper())
+            if env_value is not None:
+                values[f.name] = env_value
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
+
+
+def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
+    kind = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+    if name in ("default_lease_ttl", "max_lease_ttl"):
+        return parse_duration(value, name)
+    if kind == "bool":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return str(value)

@@ -1,0 +1,298 @@
+"""The broker's own storage on PostgreSQL, through asyncpg.
+
+The only module that runs the queries in ``sql/queries.sql``. Driver errors become
+``StorageUnavailable`` here, so callers see the broker's errors, never asyncpg's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from broker import sql
+from broker.exceptions import StorageUnavailable
+from broker.models import ClaimedLease, Connection, Lease, Mount, NewLease, Role
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+            server_settings={"application_name": "broker"},
+        )
+    except _DRIVER_ERRORS as exc:
+        raise StorageUnavailable(f"cannot connect to storage: {type(exc).__name__}") from exc
+    assert pool is not None
+    return pool
+
+
+class Storage:
+    """Named-query access to the broker's tables.
+
+    Methods are grouped by table; each is one round trip unless its docstring says otherwise.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._q = sql.queries()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    @asynccontextmanager
+    async def _translate(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            raise StorageUnavailable(f"storage error: {type(exc).__name__}: {exc}") from exc
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._translate():
+            rows: list[asyncpg.Record] = await self._pool.fetch(self._q[name], *args)
+            return rows
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        async with self._translate():
+            return await self._pool.fetchrow(self._q[name], *args)
+
+    async def _fetchval(self, name: str, *args: Any) -> Any:
+        async with self._translate():
+            return await self._pool.fetchval(self._q[name], *args)
+
+    async def _execute(self, name: str, *args: Any) -> str:
+        async with self._translate():
+            status: str = await self._pool.execute(self._q[name], *args)
+            return status
+
+    @staticmethod
+    def _rows_affected(status: str) -> int:
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def ping(self) -> None:
+        await self._fetchval("ping")
+
+    @asynccontextmanager
+    async def setup_lock(self) -> AsyncIterator[None]:
+        """Hold the cluster-wide set-up lock, so nodes sharing storage set up once."""
+        async with self._translate(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(self._q["setup_lock"])
+            yield
+
+    # -- mounts ---------------------------------------------------------------------------
+
+    async def insert_mount(self, path: str, type_: str, description: str, accessor: str) -> bool:
+        return await self._fetchval("insert_mount", path, type_, description, accessor) is not None
+
+    async def get_mount(self, path: str) -> Mount | None:
+        row = await self._fetchrow("get_mount", path)
+        return Mount(**dict(row)) if row else None
+
+    async def list_mounts(self) -> list[Mount]:
+        return [Mount(**dict(row)) for row in await self._fetch("list_mounts")]
+
+    async def delete_mount(self, path: str) -> bool:
+        return await self._fetchval("delete_mount", path) is not None
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def upsert_connection(self, c: Connection) -> None:
+        await self._execute(
+            "upsert_connection",
+            c.mount,
+            c.name,
+            c.plugin_name,
+            c.connection_url,
+            c.username,
+            c.password,
+            list(c.allowed_roles),
+            c.username_template,
+            c.verify_connection,
+            c.options,
+        )
+
+    async def get_connection(self, mount: str, name: str) -> Connection | None:
+        row = await self._fetchrow("get_connection", mount, name)
+        if row is None:
+            return None
+        values = dict(row)
+        values["allowed_roles"] = tuple(values["allowed_roles"])
+        return Connection(**values)
+
+    async def list_connections(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_connections", mount)]
+
+    async def delete_connection(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_connection", mount, name) is not None
+
+    async def count_live_leases_of_connection(self, mount: str, name: str) -> int:
+        return int(await self._fetchval("count_live_leases_of_connection", mount, name))
+
+    # -- roles ----------------------------------------------------------------------------
+
+    async def upsert_role(self, r: Role) -> None:
+        await self._execute(
+            "upsert_role",
+            r.mount,
+            r.name,
+            r.db_name,
+            list(r.creation_statements),
+            list(r.revocation_statements),
+            list(r.rollback_statements),
+            list(r.renew_statements),
+            r.default_ttl,
+            r.max_ttl,
+        )
+
+    async def get_role(self, mount: str, name: str) -> Role | None:
+        row = await self._fetchrow("get_role", mount, name)
+        if row is None:
+            return None
+        values = dict(row)
+        for key in (
+            "creation_statements",
+            "revocation_statements",
+            "rollback_statements",
+            "renew_statements",
+        ):
+            values[key] = tuple(values[key])
+        return Role(**values)
+
+    async def list_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_roles", mount)]
+
+    async def delete_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_role", mount, name) is not None
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def insert_lease(self, lease: NewLease) -> None:
+        await self._execute(
+            "insert_lease",
+            lease.lease_id,
+            lease.mount,
+            lease.role_name,
+            lease.connection_name,
+            lease.plugin_name,
+            lease.username,
+            list(lease.revocation_statements),
+            list(lease.renew_statements),
+            lease.issued_at,
+            lease.expires_at,
+            lease.max_expires_at,
+        )
+
+    async def activate_lease(self, lease_id: str) -> bool:
+        return await self._fetchval("activate_lease", lease_id) is not None
+
+    async def mark_lease_failed(self, lease_id: str, error: str) -> None:
+        await self._execute("mark_lease_failed", lease_id, error)
+
+    async def reopen_lease(self, lease_id: str) -> None:
+        await self._execute("reopen_lease", lease_id)
+
+    async def get_lease(self, lease_id: str) -> Lease | None:
+        row = await self._fetchrow("get_lease", lease_id)
+        if row is None:
+            return None
+        values = dict(row)
+        values["revocation_statements"] = tuple(values["revocation_statements"])
+        values["renew_statements"] = tuple(values["renew_statements"])
+        return Lease(**values)
+
+    async def renew_lease(self, lease_id: str, expires_at: dt.datetime) -> bool:
+        return await self._fetchval("renew_lease", lease_id, expires_at) is not None
+
+    async def claim_due_leases(
+        self, limit: int, claim_seconds: float, prefix: str = ""
+    ) -> list[ClaimedLease]:
+        rows = await self._fetch(
+            "claim_due_leases", limit, float(claim_seconds), like_prefix(prefix)
+        )
+        claimed = []
+        for row in rows:
+            values = dict(row)
+            values["revocation_statements"] = tuple(values["revocation_statements"])
+            claimed.append(ClaimedLease(**values))
+        return claimed
+
+    async def make_leases_due(self, prefix: str) -> int:
+        return self._rows_affected(await self._execute("make_leases_due", like_prefix(prefix)))
+
+    async def count_pending_leases(self, prefix: str) -> int:
+        return int(await self._fetchval("count_pending_leases", like_prefix(prefix)))
+
+    async def finish_revocation(self, lease_id: str) -> None:
+        await self._execute("finish_revocation", lease_id)
+
+    async def schedule_revocation_retry(
+        self, lease_id: str, delay_seconds: float, error: str | None
+    ) -> None:
+        await self._execute("schedule_revocation_retry", lease_id, float(delay_seconds), error)
+
+    async def schedule_revocation_recheck(self, lease_id: str, delay_seconds: float) -> None:
+        await self._execute("schedule_revocation_recheck", lease_id, float(delay_seconds))
+
+    async def force_revoked(self, prefix: str) -> int:
+        return self._rows_affected(await self._execute("force_revoked", like_prefix(prefix)))
+
+    async def list_lease_keys(self, prefix: str) -> list[str]:
+        rows = await self._fetch("list_lease_keys", like_prefix(prefix), len(prefix) + 1)
+        return [row["key"] for row in rows]
+
+    async def bulk_insert_leases(self, leases: Sequence[NewLease], state: str) -> None:
+        """Seeds many rows at once; for benchmarks and tests of the sweep, not the API."""
+        async with self._translate(), self._pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                "broker_leases",
+                columns=[
+                    "lease_id",
+                    "mount",
+                    "role_name",
+                    "connection_name",
+                    "plugin_name",
+                    "username",
+                    "issued_at",
+                    "expires_at",
+                    "max_expires_at",
+                    "due_at",
+                    "state",
+                ],
+                records=[
+                    (
+                        x.lease_id,
+                        x.mount,
+                        x.role_name,
+                        x.connection_name,
+                        x.plugin_name,
+                        x.username,
+                        x.issued_at,
+                        x.expires_at,
+                        x.max_expires_at,
+                        x.expires_at,
+                        state,
+                    )
+                    for x in leases
+                ],
+            )

@@ -1,0 +1,195 @@
+"""Statement and username templates: the one place they are checked and rendered.
+
+Statements are checked when a role is written (unknown ``{{variables}}`` are a 400 then,
+not a failure at issuance); usernames are built so they can never collide, even when
+the database's length limit forces shortening.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+
+from broker.exceptions import InvalidRequest
+from broker.secrets_gen import IDENTIFIER_ALPHABET, random_string
+
+STATEMENT_VARIABLES: Mapping[str, frozenset[str]] = {
+    "creation_statements": frozenset({"name", "username", "password", "expiration"}),
+    "revocation_statements": frozenset({"name", "username"}),
+    "rollback_statements": frozenset({"name", "username", "password", "expiration"}),
+    "renew_statements": frozenset({"name", "username", "expiration"}),
+}
+_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_.]+)\s*\}\}")
+
+
+def check_statements(kind: str, statements: Iterable[str]) -> None:
+    """Refuse variables the statement kind cannot be given (e.g. a password on revoke)."""
+    allowed = STATEMENT_VARIABLES[kind]
+    for statement in statements:
+        for match in _VARIABLE.finditer(statement):
+            if match.group(1) not in allowed:
+                raise InvalidRequest(
+                    f"{kind}: unknown variable {{{{{match.group(1)}}}}}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+
+
+def render(statement: str, values: Mapping[str, str]) -> str:
+    return _VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), statement)
+
+
+def split_statements(text: str) -> list[str]:
+    """Split on ``;`` outside quotes, dollar quotes and comments (Vault splits naively and
+    breaks ``DO $$ ... ; ... $$`` blocks)."""
+    out: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in ("'", '"', "`"):
+            end = i + 1
+            while end < n:
+                if text[end] == c:
+                    if end + 1 < n and text[end + 1] == c:  # doubled quote escapes itself
+                        end += 2
+                        continue
+                    break
+                if text[end] == "\\" and c != '"':
+                    end += 1
+                end += 1
+            buf.append(text[i : end + 1])
+            i = end + 1
+            continue
+        if c == "$":
+            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
+            if m:
+                tag = m.group(0)
+                end = text.find(tag, i + len(tag))
+                end = n if end < 0 else end + len(tag)
+                buf.append(text[i:end])
+                i = end
+                continue
+        if c == "-" and text.startswith("--", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if c == ";":
+            out.append("".join(buf))
+            buf = []
+            i += 1
+            continue
+        buf.append(c)
+        i += 1
+    out.append("".join(buf))
+    return [s.strip() for s in out if s.strip()]
+
+
+def expand_statements(statements: Iterable[str]) -> list[str]:
+    """A role's statement list, each entry possibly holding several ``;``-separated ones."""
+    return [part for statement in statements for part in split_statements(statement)]
+
+
+# -- usernames ----------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+_RANDOM_LENGTH = 20
+_MIN_RANDOM_LENGTH = 8
+_TEMPLATE_OUTPUT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _slug(text: str) -> str:
+    return _UNSAFE.sub("_", text.lower()).strip("_")
+
+
+def default_username(display_name: str, role_name: str, max_length: int) -> str:
+    """Vault's ``v-<display>-<role>-<random>-<unix time>``, with ``_`` for ``-`` so no
+    database needs it quoted, shortened to ``max_length`` by cutting the display and
+    role names first: the random part and the time are never cut, so two leases can never
+    share a user (Vault's truncation could)."""
+    unix = str(int(time.time()))
+    random_len = _RANDOM_LENGTH
+    fixed = len("v_") + 1 + 1 + 1 + len(unix)
+    budget = max_length - fixed - random_len
+    if budget < 2:
+        random_len = max(_MIN_RANDOM_LENGTH, max_length - fixed - 2)
+        budget = max_length - fixed - random_len
+    display, role = _slug(display_name) or "token", _slug(role_name) or "role"
+    role_len = min(len(role), max(1, budget - min(len(display), budget // 2)))
+    display_len = max(1, min(len(display), budget - role_len))
+    name = "_".join(
+        [
+            "v",
+            display[:display_len],
+            role[:role_len],
+            random_string(random_len, IDENTIFIER_ALPHABET),
+            unix,
+        ]
+    )
+    if len(name) > max_length:  # only when max_length cannot hold the fixed parts
+        raise InvalidRequest(f"the database's {max_length}-character user name limit is too short")
+    return name
+
+
+class UsernameTemplate:
+    """Vault's ``username_template``, the subset that needs no general Go template engine:
+    ``{{.DisplayName}}``, ``{{.RoleName}}``, ``{{random N}}``, ``{{unix_time}}``,
+    ``{{unix_time_millis}}``, piped through ``truncate N``, ``lowercase``, ``uppercase`` and
+    ``replace "old" "new"``. Anything else is refused when the connection is written."""
+
+    _ACTION = re.compile(r"\{\{(.*?)\}\}")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._check()
+
+    def _check(self) -> None:
+        sample = self.render("display", "role")
+        if not _TEMPLATE_OUTPUT.match(sample):
+            raise InvalidRequest(
+                "username_template must render to letters, digits, '_', '.' or '-' only"
+            )
+
+    def render(self, display_name: str, role_name: str) -> str:
+        def action(match: re.Match[str]) -> str:
+            return self._pipeline(match.group(1), display_name, role_name)
+
+        return self._ACTION.sub(action, self.source)
+
+    def _pipeline(self, text: str, display_name: str, role_name: str) -> str:
+        try:
+            stages = [shlex.split(stage) for stage in text.split("|")]
+        except ValueError as exc:
+            raise InvalidRequest(f"username_template: {exc}") from exc
+        if not stages or not stages[0]:
+            raise InvalidRequest("username_template: empty action")
+        head, *args = stages[0]
+        value: str
+        if head == ".DisplayName" and not args:
+            value = display_name
+        elif head == ".RoleName" and not args:
+            value = role_name
+        elif head == "random" and len(args) == 1 and args[0].isdigit():
+            value = random_string(int(args[0]), IDENTIFIER_ALPHABET)
+        elif head == "unix_time" and not args:
+            value = str(int(time.time()))
+        elif head == "unix_time_millis" and not args:
+            value = str(int(time.time() * 1000))
+        else:
+            raise InvalidRequest(f"username_template: unsupported action {text.strip()!r}")
+        for stage in stages[1:]:
+            if not stage:
+                raise InvalidRequest("username_template: empty pipeline stage")
+            fn, *fargs = stage
+            if fn == "truncate" and len(fargs) == 1 and fargs[0].isdigit():
+                value = value[: int(fargs[0])]
+            elif fn == "lowercase" and not fargs:
+                value = value.lower()
+            elif fn == "uppercase" and not fargs:
+                value = value.upper()
+            elif fn == "replace" and len(fargs) == 2:
+                value = value.replace(fargs[0], fargs[1])
+            else:
+                raise InvalidRequest(f"username_template: unsupported function {' '.join(stage)!r}")
+        return value
