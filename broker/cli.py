@@ -128,26 +128,30 @@ def _settings(config: str | None) -> Settings:
     return settings
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """Installed before anything starts, so Ctrl-C or SIGTERM during start-up still ends in
+    an orderly shutdown (and the embedded PostgreSQL is removed) once start-up finishes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _serve(args: argparse.Namespace) -> int:
     from broker import dev
-    from broker.api.app import SERVICES, create_app, start_server
+    from broker.api.app import start_server
+    from broker.api.context import Services
     from broker.embedded import EmbeddedPostgres
     from broker.secrets_gen import token
 
+    stop = _stop_on_signal()
     if not args.dev:
         settings = _settings(args.config)
         runner = await start_server(settings)
         print(f"broker listening on {settings.listen_address}", flush=True)
         try:
-            await _wait_for_signal()
+            await stop.wait()
         finally:
             await runner.cleanup()
         return 0
@@ -165,13 +169,14 @@ async def _serve(args: argparse.Namespace) -> int:
         settings = settings.replace(
             storage_dsn=storage_dsn, listen_address=args.dev_listen_address, root_token=root_token
         )
-        app = create_app(settings)
-        runner = await start_server(settings, app)
-        try:
-            services = app[SERVICES]
+
+        async def create_demo(services: Services) -> None:
             await dev.ensure_demo(services.storage, services.catalog, admin_dsn)
+
+        runner = await start_server(settings, before_listen=create_demo)
+        try:
             _print_dev_banner(settings, embedded)
-            await _wait_for_signal()
+            await stop.wait()
         finally:
             await runner.cleanup()
     finally:

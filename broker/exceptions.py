@@ -20,6 +20,11 @@ class BrokerError(Exception):
     def message(self) -> str:
         return str(self.args[0])
 
+    @property
+    def errors(self) -> list[str]:
+        """The ``errors`` list of the response body."""
+        return [self.message]
+
 
 class InvalidRequest(BrokerError):
     """Invalid request."""
@@ -31,6 +36,15 @@ class NotFound(BrokerError):
     """Not found."""
 
     status = 404
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self._explained = message is not None
+
+    @property
+    def errors(self) -> list[str]:
+        # Vault answers a read of something absent with an empty error list.
+        return [self.message] if self._explained else []
 
 
 class PermissionDenied(BrokerError):

@@ -268,6 +268,14 @@ class LeaseManager:
         result.seconds = time.monotonic() - started
         return result
 
+    async def wait_for_sweep(self, grace_seconds: float) -> None:
+        """Return once no sweep is running (or after ``grace_seconds``)."""
+        try:
+            async with asyncio.timeout(grace_seconds), self._sweep_lock:
+                pass
+        except TimeoutError:
+            log.warning("a sweep was still running after %.0fs at shutdown", grace_seconds)
+
     async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
         """Revoke a batch with bounded concurrency; one error (or None) per lease."""
         semaphore = asyncio.Semaphore(self._settings.revoke_concurrency)

@@ -53,6 +53,11 @@ class SweepScheduler:
             )
         return result
 
-    def shutdown(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Start no new sweep, let the running one finish (its claims would otherwise wait
+        out the claim timeout), then stop."""
+        if not self._scheduler.running:
+            return
+        self._scheduler.pause()
+        await self._leases.wait_for_sweep(grace_seconds)
+        self._scheduler.shutdown(wait=False)

@@ -18,7 +18,7 @@ VAULT_DEFAULT_TTL = 768 * 3600  # Vault's system default and maximum lease TTL
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    storage_dsn: str = ""
+    storage_dsn: str = field(default="", repr=False)  # may hold a password
     listen_address: str = "127.0.0.1:8200"
     tls_cert_file: str = ""
     tls_key_file: str = ""

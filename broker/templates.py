@@ -106,30 +106,27 @@ def _slug(text: str) -> str:
 def default_username(display_name: str, role_name: str, max_length: int) -> str:
     """Vault's ``v-<display>-<role>-<random>-<unix time>``, with ``_`` for ``-`` so no
     database needs it quoted, shortened to ``max_length`` by cutting the display and
-    role names first: the random part and the time are never cut, so two leases can never
-    share a user (Vault's truncation could)."""
+    role names first: the random part is never cut below 8 characters, so two leases can
+    never share a user (Vault's truncation could). Limits too short for that shape
+    (mysql-legacy's 16) get ``v_<role>_<random>``."""
     unix = str(int(time.time()))
+    display, role = _slug(display_name) or "token", _slug(role_name) or "role"
+    fixed = len("v_") + 3 + len(unix)  # prefix, three separators, the time
     random_len = _RANDOM_LENGTH
-    fixed = len("v_") + 1 + 1 + 1 + len(unix)
     budget = max_length - fixed - random_len
     if budget < 2:
-        random_len = max(_MIN_RANDOM_LENGTH, max_length - fixed - 2)
+        random_len = _MIN_RANDOM_LENGTH
         budget = max_length - fixed - random_len
-    display, role = _slug(display_name) or "token", _slug(role_name) or "role"
+    if budget < 2:
+        role_len = max(0, min(len(role), max_length - 3 - _MIN_RANDOM_LENGTH))
+        if max_length - 3 - role_len < _MIN_RANDOM_LENGTH:
+            raise InvalidRequest(f"a {max_length}-character user name limit is too short")
+        random_part = random_string(max_length - 3 - role_len, IDENTIFIER_ALPHABET)
+        return f"v_{role[:role_len]}_{random_part}" if role_len else f"v_{random_part}"[:max_length]
     role_len = min(len(role), max(1, budget - min(len(display), budget // 2)))
     display_len = max(1, min(len(display), budget - role_len))
-    name = "_".join(
-        [
-            "v",
-            display[:display_len],
-            role[:role_len],
-            random_string(random_len, IDENTIFIER_ALPHABET),
-            unix,
-        ]
-    )
-    if len(name) > max_length:  # only when max_length cannot hold the fixed parts
-        raise InvalidRequest(f"the database's {max_length}-character user name limit is too short")
-    return name
+    random_part = random_string(random_len, IDENTIFIER_ALPHABET)
+    return "_".join(["v", display[:display_len], role[:role_len], random_part, unix])
 
 
 class UsernameTemplate:

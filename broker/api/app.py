@@ -46,7 +46,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path = request.match_info["tail"]
     operation = operation_of(request)
     mount = ""
-    if path.startswith("sys/"):
+    if path.startswith(("sys/", "auth/")):
         found = match(SYS_ROUTES, path)
     else:
         resolved = await services.catalog.resolve_mount(path)
@@ -57,7 +57,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if found is None:
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args = found
-    if target.authenticated and not services.settings.token_is_root(_token_of(request)):
+    token = _token_of(request)
+    if target.authenticated and not services.settings.token_is_root(token):
         return error_response(403, ["permission denied"])
     handler = target.handlers.get(operation) if operation else None
     if handler is None:
@@ -68,6 +69,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         params=await Params.from_request(request),
         path_args=args,
         mount=mount,
+        token=token,
         display_name=ROOT_DISPLAY_NAME,
     )
     return await handler(ctx)
@@ -82,7 +84,7 @@ async def vault_errors(
         response: web.StreamResponse = await handler(request)
         return response
     except BrokerError as exc:
-        return error_response(exc.status, [exc.message])
+        return error_response(exc.status, exc.errors)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -121,7 +123,7 @@ def _services_ctx(
             yield
         finally:
             if scheduler is not None:
-                scheduler.shutdown()
+                await scheduler.stop()
             await engines.close()
             await pool.close()
 
@@ -135,17 +137,30 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start_server(settings: Settings, app: web.Application | None = None) -> VaultAppRunner:
-    """Start serving; the caller owns the returned runner and must ``cleanup()`` it."""
-    app = app or create_app(settings)
+async def start_server(
+    settings: Settings,
+    before_listen: Callable[[Services], Awaitable[None]] | None = None,
+) -> VaultAppRunner:
+    """Start serving; the caller owns the returned runner and must ``cleanup()`` it.
+
+    ``before_listen`` runs once the services are up but before the port opens, so a client
+    that sees the port (or a healthy ``sys/health``) sees what it set up.
+    """
+    app = create_app(settings)
     runner = VaultAppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    host, port = parse_listen_address(settings.listen_address)
-    ssl_context = None
-    if settings.tls_cert_file:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-    await site.start()
+    try:
+        if before_listen is not None:
+            await before_listen(app[SERVICES])
+        host, port = parse_listen_address(settings.listen_address)
+        ssl_context = None
+        if settings.tls_cert_file:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

@@ -33,6 +33,8 @@ class RequestContext:
     params: Params
     path_args: dict[str, str]
     mount: str
+    #: The caller's token, already checked.
+    token: str
     #: Goes into generated user names (Vault's token display name).
     display_name: str
 

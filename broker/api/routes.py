@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from broker.api import (
+    auth_token,
     database_config,
     database_creds,
     database_roles,
@@ -12,7 +13,9 @@ from broker.api import (
 )
 from broker.api.routing import Route, route
 
+# Paths outside any secrets engine mount.
 SYS_ROUTES: tuple[Route, ...] = (
+    route(r"auth/token/lookup-self", read=auth_token.lookup_self),
     route(r"sys/health", authenticated=False, read=sys_health.read_health),
     route(r"sys/mounts/?", read=sys_mounts.list_mounts),
     route(

@@ -1,0 +1,202 @@
+"""Session-wide real infrastructure: a PostgreSQL cluster that checks passwords (started
+here, thrown away at the end), the machine's MariaDB, and a broker serving on a real port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import pytest
+
+from broker.api.app import start_server
+from broker.embedded import EmbeddedPostgres, free_port
+from broker.settings import Settings
+from tests.support import MARIADB, VaultHTTP, mysql_admin
+
+TOKEN = "test-root-" + secrets.token_hex(8)
+MYSQL_APP_DB = "broker_test_app"
+MYSQL_OTHER_DB = "broker_test_other"
+PG_READERS = "app_readers"
+PG_WRITERS = "app_writers"
+
+PG_READONLY = (
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; "
+    f'GRANT {PG_READERS} TO "{{{{name}}}}";'
+)
+MYSQL_READONLY = (
+    "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; "
+    f"GRANT SELECT ON {MYSQL_APP_DB}.* TO '{{{{name}}}}'@'%';"
+)
+
+
+@dataclass(frozen=True)
+class PgCluster:
+    server: EmbeddedPostgres
+
+    def dsn(self, database: str = "postgres") -> str:
+        return self.server.dsn(database)
+
+    @property
+    def url_template(self) -> str:
+        return f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{self.server.port}/app"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    server = EmbeddedPostgres()
+    server.start()
+    try:
+        yield PgCluster(server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_target(pg_cluster: PgCluster) -> PgCluster:
+    """Databases 'app' and 'app2': a readers group that may read 'items' but not 'payroll',
+    a writers group that may create tables in both."""
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        for db in ("app", "app2"):
+            await admin.execute(f"CREATE DATABASE {db}")
+        await admin.execute(f"CREATE ROLE {PG_READERS} NOLOGIN")
+        await admin.execute(f"CREATE ROLE {PG_WRITERS} NOLOGIN")
+    finally:
+        await admin.close()
+    for db in ("app", "app2"):
+        conn = await asyncpg.connect(pg_cluster.dsn(db))
+        try:
+            await conn.execute(
+                f"""
+                CREATE TABLE items (id int PRIMARY KEY, name text);
+                INSERT INTO items VALUES (1, 'one'), (2, 'two');
+                CREATE TABLE payroll (id int, salary int);
+                GRANT USAGE ON SCHEMA public TO {PG_READERS};
+                GRANT SELECT ON items TO {PG_READERS};
+                GRANT USAGE, CREATE ON SCHEMA public TO {PG_WRITERS};
+                """
+            )
+        finally:
+            await conn.close()
+    return pg_cluster
+
+
+@pytest.fixture(scope="session")
+async def mysql_target() -> AsyncIterator[None]:
+    await mysql_admin(
+        f"DROP DATABASE IF EXISTS {MYSQL_APP_DB}",
+        f"DROP DATABASE IF EXISTS {MYSQL_OTHER_DB}",
+        f"CREATE DATABASE {MYSQL_APP_DB}",
+        f"CREATE DATABASE {MYSQL_OTHER_DB}",
+        f"CREATE TABLE {MYSQL_APP_DB}.items (id int PRIMARY KEY, name text)",
+        f"INSERT INTO {MYSQL_APP_DB}.items VALUES (1, 'one'), (2, 'two')",
+        f"CREATE TABLE {MYSQL_OTHER_DB}.payroll (id int, salary int)",
+    )
+    yield
+    await drop_test_mysql_users()
+    await mysql_admin(f"DROP DATABASE {MYSQL_APP_DB}", f"DROP DATABASE {MYSQL_OTHER_DB}")
+
+
+async def drop_test_mysql_users() -> None:
+    """Every user the tests' roles could have made (they all carry 'brkt' in the name)."""
+    import aiomysql
+
+    conn = await aiomysql.connect(autocommit=True, **MARIADB)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT User, Host FROM mysql.user WHERE User LIKE 'v\\_%brkt%'")
+            for user, host in await cur.fetchall():
+                await cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+    finally:
+        conn.close()
+
+
+async def create_database(pg_cluster: PgCluster, prefix: str) -> str:
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return name
+
+
+@dataclass(frozen=True)
+class RunningBroker:
+    address: str
+    settings: Settings
+    http: VaultHTTP
+
+
+@pytest.fixture(scope="session")
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def broker(
+    pg_target: PgCluster, mysql_target: None, http_session: aiohttp.ClientSession
+) -> AsyncIterator[RunningBroker]:
+    """A broker on a real port, with a database mount, a PostgreSQL connection 'pg' and a
+    MariaDB connection 'my', and one read-only role on each ('brkt' marks test users)."""
+    storage_db = await create_database(pg_target, "broker_storage")
+    settings = Settings(
+        storage_dsn=pg_target.dsn(storage_db),
+        listen_address=f"127.0.0.1:{free_port()}",
+        root_token=TOKEN,
+        sweep_interval=0.2,
+        creation_timeout=5,
+    )
+    runner = await start_server(settings)
+    address = f"http://{settings.listen_address}"
+    http = VaultHTTP(http_session, address, TOKEN)
+    try:
+        assert (await http.write("sys/mounts/database", {"type": "database"})).status == 204
+        reply = await http.write(
+            "database/config/pg",
+            {
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": pg_target.url_template,
+                "username": "postgres",
+                "password": pg_target.server.password,
+                "allowed_roles": "*",
+            },
+        )
+        assert reply.status == 204, reply.body
+        reply = await http.write(
+            "database/config/my",
+            {
+                "plugin_name": "mysql-database-plugin",
+                "connection_url": "{{username}}:{{password}}@tcp(127.0.0.1:3306)/",
+                "username": "root",
+                "password": "",
+                "allowed_roles": ["brkt-my-ro", "brkt-my-short", "brkt-my-bad"],
+            },
+        )
+        assert reply.status == 204, reply.body
+        for name, db, statements in (
+            ("brkt-pg-ro", "pg", PG_READONLY),
+            ("brkt-my-ro", "my", MYSQL_READONLY),
+        ):
+            reply = await http.write(
+                f"database/roles/{name}",
+                {
+                    "db_name": db,
+                    "creation_statements": [statements],
+                    "default_ttl": "1h",
+                    "max_ttl": "24h",
+                },
+            )
+            assert reply.status == 204, reply.body
+        yield RunningBroker(address, settings, http)
+    finally:
+        # Revoke what the tests left, so no user outlives the session.
+        await http.write("sys/leases/revoke-prefix/database/")
+        await runner.cleanup()
+        await asyncio.sleep(0)

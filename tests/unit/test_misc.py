@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from broker import sql
+from broker.leases import backoff_seconds
+from broker.redaction import REDACTED, redact
+from broker.secrets_gen import generate_password, lease_suffix
+from broker.settings import Settings
+
+
+def test_every_query_block_parses_and_is_used() -> None:
+    queries = sql.queries()
+    assert queries
+    storage_source = Path("broker/storage.py").read_text()
+    for name in queries:
+        used = f'"{name}"' in storage_source or name in (
+            "create_migrations_table",
+            "migration_lock",
+            "applied_migrations",
+            "record_migration",
+        )
+        assert used, f"query {name} is never used"
+    with pytest.raises(ValueError, match="twice"):
+        sql.parse_blocks("-- a --\nSELECT 1\n-- a --\nSELECT 2")
+
+
+def test_migrations_are_numbered() -> None:
+    versions = [version for version, _ in sql.migrations()]
+    assert versions == sorted(versions) and versions[0].startswith("0001_")
+
+
+def test_passwords_and_lease_ids() -> None:
+    passwords = {generate_password() for _ in range(100)}
+    assert len(passwords) == 100
+    for password in passwords:
+        assert len(password) >= 20 and re.fullmatch(r"[A-Za-z0-9]+", password)
+    assert re.fullmatch(r"[A-Za-z0-9]{24}", lease_suffix())
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    assert 0.5 <= backoff_seconds(1) <= 1
+    assert 4 <= backoff_seconds(4) <= 8
+    assert 150 <= backoff_seconds(60) <= 300
+
+
+def test_redact_longest_first() -> None:
+    assert redact("pw=abcdef and abcdefgh", ["abcdef", "abcdefgh"]) == (
+        f"pw={REDACTED} and {REDACTED}"
+    )
+    assert redact("nothing", ["", "ab"]) == "nothing"
+
+
+def test_settings_file_then_environment(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        'storage_dsn = "postgresql://x/y"\nsweep_interval = 5\nmax_lease_ttl = "2h"\n'
+    )
+    settings = Settings.load(config, environ={"BROKER_SWEEP_INTERVAL": "0.5"})
+    assert settings.storage_dsn == "postgresql://x/y"
+    assert settings.sweep_interval == 0.5 and settings.max_lease_ttl == 7200
+    assert "postgresql://x/y" not in repr(settings)
+    config.write_text("nope = 1\n")
+    with pytest.raises(ValueError, match="unknown settings: nope"):
+        Settings.load(config, environ={})
+
+
+def test_root_token_by_hash() -> None:
+    import hashlib
+
+    settings = Settings(root_token_sha256=hashlib.sha256(b"s3cret").hexdigest())
+    assert settings.token_is_root("s3cret")
+    assert not settings.token_is_root("other") and not settings.token_is_root("")

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from broker.api.listmethod import rewrite_list_request
+from broker.durations import parse_duration
+from broker.engines.base import ConnectionConfig
+from broker.engines.mysql import connect_arguments as mysql_args
+from broker.engines.postgres import connect_arguments as pg_args
+from broker.exceptions import InvalidRequest
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (3600, 3600),
+        ("3600", 3600),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("2d", 172800),
+        ("1.5h", 5400),
+        ("500ms", 0),
+        (0, 0),
+    ],
+)
+def test_durations(value: object, seconds: int) -> None:
+    assert parse_duration(value, "ttl") == seconds
+
+
+@pytest.mark.parametrize("value", ["ten", "1x", "h1", "", "-5", True, [1], "1h 30m"])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(InvalidRequest, match="ttl"):
+        parse_duration(value, "ttl")
+
+
+def test_postgres_url_with_hostile_password_cannot_move_the_connection() -> None:
+    config = ConnectionConfig(
+        "postgresql://{{username}}:{{password}}@db.internal:6432/app?sslmode=disable",
+        "admin",
+        "p@ss:w/rd?host=evil",
+    )
+    args = pg_args(config)
+    assert args == {
+        "host": "db.internal",
+        "port": 6432,
+        "database": "app",
+        "user": "admin",
+        "password": "p@ss:w/rd?host=evil",
+        "ssl": None,
+    }
+
+
+def test_postgres_key_value_string() -> None:
+    config = ConnectionConfig(
+        "host=127.0.0.1 port=5433 dbname='my db' user={{username}} password={{password}}",
+        "u",
+        "secret",
+    )
+    assert pg_args(config) == {
+        "host": "127.0.0.1",
+        "port": 5433,
+        "database": "my db",
+        "user": "u",
+        "password": "secret",
+    }
+
+
+def test_mysql_go_dsn_and_url() -> None:
+    config = ConnectionConfig(
+        "{{username}}:{{password}}@tcp(10.0.0.5:3307)/app?tls=false", "root", "p@ss:word)"
+    )
+    args = mysql_args(config)
+    assert (args["host"], args["port"], args["db"], args["user"], args["password"]) == (
+        "10.0.0.5",
+        3307,
+        "app",
+        "root",
+        "p@ss:word)",
+    )
+    assert (
+        mysql_args(ConnectionConfig("{{username}}:{{password}}@unix(/run/my.sock)/", "r", ""))[
+            "unix_socket"
+        ]
+        == "/run/my.sock"
+    )
+    url = mysql_args(ConnectionConfig("mysql://{{username}}:{{password}}@h:1/d", "u", "p"))
+    assert (url["host"], url["port"], url["db"]) == ("h", 1, "d")
+    with pytest.raises(InvalidRequest):
+        mysql_args(ConnectionConfig("not a dsn", "u", "p"))
+
+
+def test_list_rewrite() -> None:
+    assert rewrite_list_request(b"LIST /v1/database/roles HTTP/1.1\r\nHost: x\r\n\r\n") == (
+        b"GET /v1/database/roles?list=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert rewrite_list_request(b"LIST /v1/a?x=1 HTTP/1.1\r\n").startswith(
+        b"GET /v1/a?x=1&list=true HTTP/1.1"
+    )
+    assert rewrite_list_request(b"GET / HTTP/1.1\r\n") == b"GET / HTTP/1.1\r\n"
