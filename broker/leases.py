@@ -277,15 +277,25 @@ class LeaseManager:
             log.warning("a sweep was still running after %.0fs at shutdown", grace_seconds)
 
     async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
-        """Revoke a batch with bounded concurrency; one error (or None) per lease."""
+        """Revoke a batch with bounded concurrency; one error (or None) per lease.
+
+        Successes are recorded together in one storage round trip at the end: a crash
+        before that leaves them claimed, and the next claim revokes them again (a no-op).
+        """
         semaphore = asyncio.Semaphore(self._settings.revoke_concurrency)
         connections: dict[tuple[str, str], Connection | None] = {}
+        finished: list[str] = []
 
         async def one(lease: ClaimedLease) -> str | None:
             async with semaphore:
-                return await self._revoke_one(lease, connections)
+                error = await self._revoke_one(lease, connections)
+            if error is None and not await self._needs_recheck(lease):
+                finished.append(lease.lease_id)
+            return error
 
-        return list(await asyncio.gather(*(one(lease) for lease in claimed)))
+        errors = list(await asyncio.gather(*(one(lease) for lease in claimed)))
+        await self._storage.finish_revocations(finished)
+        return errors
 
     async def _revoke_one(
         self, lease: ClaimedLease, connections: dict[tuple[str, str], Connection | None]
@@ -312,12 +322,16 @@ class LeaseManager:
             await self._storage.schedule_revocation_retry(lease.lease_id, delay, exc.message)
             return exc.message
         crash_point("after_user_revoke")
-        # A lease still 'creating' when claimed may have a creator that is slow rather than
-        # dead; once no creation can still be running, make sure once more.
+        return None
+
+    async def _needs_recheck(self, lease: ClaimedLease) -> bool:
+        """A lease still 'creating' when claimed may have a creator that is slow rather
+        than dead; once no creation can still be running, revoke once more."""
+        if lease.prior_state != "creating":
+            return False
         recheck_at = lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout)
         remaining = (recheck_at - _now()).total_seconds()
-        if lease.prior_state == "creating" and remaining > 0:
-            await self._storage.schedule_revocation_recheck(lease.lease_id, remaining)
-        else:
-            await self._storage.finish_revocation(lease.lease_id)
-        return None
+        if remaining <= 0:
+            return False
+        await self._storage.schedule_revocation_recheck(lease.lease_id, remaining)
+        return True

@@ -243,8 +243,9 @@ class Storage:
     async def count_pending_leases(self, prefix: str) -> int:
         return int(await self._fetchval("count_pending_leases", like_prefix(prefix)))
 
-    async def finish_revocation(self, lease_id: str) -> None:
-        await self._execute("finish_revocation", lease_id)
+    async def finish_revocations(self, lease_ids: Sequence[str]) -> None:
+        if lease_ids:
+            await self._execute("finish_revocations", list(lease_ids))
 
     async def schedule_revocation_retry(
         self, lease_id: str, delay_seconds: float, error: str | None

@@ -157,9 +157,10 @@ WHERE lease_id LIKE $1 AND state IN ('creating', 'active', 'revoking')
 SELECT count(*) FROM broker_leases
 WHERE lease_id LIKE $1 AND state IN ('creating', 'active', 'revoking') AND revoked_at IS NULL
 
--- finish_revocation --
+-- finish_revocations --
+-- One round trip for a whole batch of successful revocations.
 UPDATE broker_leases SET state = 'revoked', revoked_at = now(), last_error = NULL
-WHERE lease_id = $1 AND state = 'revoking'
+WHERE lease_id = ANY($1::text[]) AND state = 'revoking'
 
 -- schedule_revocation_retry --
 -- $2 seconds until the next attempt; $3 the error with every secret already removed.

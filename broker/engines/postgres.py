@@ -56,6 +56,10 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
         return True
@@ -254,21 +258,18 @@ class PostgresEngine:
         ident = quote_ident(name)
         errors: list[str] = []
         async with self._connection() as conn:
-            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
+            # Access goes first, in one round trip (simple query protocol): no new logins,
+            # then no open sessions. A role that does not exist is already revoked.
+            try:
+                await conn.execute(
+                    f"ALTER ROLE {ident} NOLOGIN; "
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE usename = {quote_literal(name)} AND pid <> pg_backend_pid()"
+                )
+            except asyncpg.UndefinedObjectError:
                 return
-            # Access goes first: no new logins, then no open sessions.
-            for step in (
-                f"ALTER ROLE {ident} NOLOGIN",
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE usename = $1 AND pid <> pg_backend_pid()",
-            ):
-                try:
-                    if "$1" in step:
-                        await conn.execute(step, name)
-                    else:
-                        await conn.execute(step)
-                except asyncpg.PostgresError as exc:
-                    errors.append(str(exc))
+            except asyncpg.PostgresError as exc:
+                errors.append(str(exc))
             if request.revocation_statements:
                 try:
                     await self._run_in_transaction(
@@ -278,16 +279,27 @@ class PostgresEngine:
                     )
                 except asyncpg.PostgresError as exc:
                     errors.append(str(exc))
-            # Whatever the statements did, the login must not survive: clean up what the role
-            # owns or was granted in every database, then drop it.
-            for _ in range(3):
-                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
-                    return
+            # Whatever the statements did, the login must not survive. The common case is
+            # one DROP; only a role that owns or was granted something needs the cleanup
+            # (in every database it touched) first.
+            for attempt in range(_RETRIES):
                 try:
-                    await self._drop_dependencies(conn, name)
-                    await self._run_in_transaction(conn, [f"DROP ROLE IF EXISTS {ident}"], {})
-                except (asyncpg.PostgresError, TargetError) as exc:
-                    errors.append(str(exc))
+                    await conn.execute(f"DROP ROLE IF EXISTS {ident}")
+                    return
+                except asyncpg.DependentObjectsStillExistError as exc:
+                    if attempt >= 2:
+                        errors.append(str(exc))
+                        break
+                    try:
+                        await self._drop_dependencies(conn, name)
+                    except (asyncpg.PostgresError, TargetError) as cleanup_exc:
+                        errors.append(str(cleanup_exc))
+                        break
+                except asyncpg.PostgresError as exc:
+                    if not _is_retryable(exc):
+                        errors.append(str(exc))
+                        break
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
             if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
                 return
         raise TargetError(
