@@ -145,9 +145,7 @@ def broker_process(env: dict[str, str], *args: str, crash_at: str = "") -> subpr
     )
 
 
-async def wait_healthy(
-    session: aiohttp.ClientSession, address: str, within: float = 30
-) -> None:
+async def wait_healthy(session: aiohttp.ClientSession, address: str, within: float = 30) -> None:
     async def healthy() -> bool:
         try:
             async with session.get(f"{address}/v1/sys/health") as resp:

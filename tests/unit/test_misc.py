@@ -47,11 +47,15 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 150 <= backoff_seconds(60) <= 300
 
 
-def test_redact_longest_first() -> None:
+def test_redact_whole_secrets_and_truncated_fragments() -> None:
     assert redact("pw=abcdef and abcdefgh", ["abcdef", "abcdefgh"]) == (
         f"pw={REDACTED} and {REDACTED}"
     )
     assert redact("nothing", ["", "ab"]) == "nothing"
+    password = "9rKorqbvJQv7rU1DnJTx4kPz0aQwErTy"
+    quoted = "near 'IDENTIFIED BY '9rKorqbvJQv7rU1DnJT...' at line 1"
+    assert redact(quoted, [password]) == f"near 'IDENTIFIED BY '{REDACTED}...' at line 1"
+    assert redact("tail x4kPz0aQwErTy'", [password]) == f"tail {REDACTED}'"
 
 
 def test_settings_file_then_environment(tmp_path: Path) -> None:
