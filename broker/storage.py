@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -18,7 +18,14 @@ from broker import sql
 from broker.exceptions import StorageUnavailable
 from broker.models import ClaimedLease, Connection, Lease, Mount, NewLease, Role
 
+_T = TypeVar("_T")
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _record(cls: type[_T], row: asyncpg.Record) -> _T:
+    """A model from a row; array columns (lists) become the models' tuples."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+    return cls(**values)
 
 
 def like_prefix(prefix: str) -> str:
@@ -107,10 +114,10 @@ class Storage:
 
     async def get_mount(self, path: str) -> Mount | None:
         row = await self._fetchrow("get_mount", path)
-        return Mount(**dict(row)) if row else None
+        return _record(Mount, row) if row else None
 
     async def list_mounts(self) -> list[Mount]:
-        return [Mount(**dict(row)) for row in await self._fetch("list_mounts")]
+        return [_record(Mount, row) for row in await self._fetch("list_mounts")]
 
     async def delete_mount(self, path: str) -> bool:
         return await self._fetchval("delete_mount", path) is not None
@@ -134,11 +141,7 @@ class Storage:
 
     async def get_connection(self, mount: str, name: str) -> Connection | None:
         row = await self._fetchrow("get_connection", mount, name)
-        if row is None:
-            return None
-        values = dict(row)
-        values["allowed_roles"] = tuple(values["allowed_roles"])
-        return Connection(**values)
+        return _record(Connection, row) if row else None
 
     async def list_connections(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_connections", mount)]
@@ -167,17 +170,7 @@ class Storage:
 
     async def get_role(self, mount: str, name: str) -> Role | None:
         row = await self._fetchrow("get_role", mount, name)
-        if row is None:
-            return None
-        values = dict(row)
-        for key in (
-            "creation_statements",
-            "revocation_statements",
-            "rollback_statements",
-            "renew_statements",
-        ):
-            values[key] = tuple(values[key])
-        return Role(**values)
+        return _record(Role, row) if row else None
 
     async def list_roles(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_roles", mount)]
@@ -214,12 +207,7 @@ class Storage:
 
     async def get_lease(self, lease_id: str) -> Lease | None:
         row = await self._fetchrow("get_lease", lease_id)
-        if row is None:
-            return None
-        values = dict(row)
-        values["revocation_statements"] = tuple(values["revocation_statements"])
-        values["renew_statements"] = tuple(values["renew_statements"])
-        return Lease(**values)
+        return _record(Lease, row) if row else None
 
     async def renew_lease(self, lease_id: str, expires_at: dt.datetime) -> bool:
         return await self._fetchval("renew_lease", lease_id, expires_at) is not None
@@ -230,12 +218,7 @@ class Storage:
         rows = await self._fetch(
             "claim_due_leases", limit, float(claim_seconds), like_prefix(prefix)
         )
-        claimed = []
-        for row in rows:
-            values = dict(row)
-            values["revocation_statements"] = tuple(values["revocation_statements"])
-            claimed.append(ClaimedLease(**values))
-        return claimed
+        return [_record(ClaimedLease, row) for row in rows]
 
     async def make_leases_due(self, prefix: str) -> int:
         return self._rows_affected(await self._execute("make_leases_due", like_prefix(prefix)))
