@@ -153,6 +153,8 @@ class Catalog:
         else:
             base = existing
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        if update.options is not None:  # options merge key by key, like the other fields
+            changes["options"] = {**base.options, **update.options}
         connection = dataclasses.replace(base, **changes)
         check_plugin_name(connection.plugin_name)
         if connection.username_template:

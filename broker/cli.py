@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--config", help="TOML settings file")
 
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="list users on the targets that look like the broker's but have no live lease",
+        description="Example: broker reconcile --config broker.toml --revoke",
+    )
+    reconcile.add_argument("--config", help="TOML settings file")
+    reconcile.add_argument("--revoke", action="store_true", help="drop the orphans found")
+
     creds = sub.add_parser(
         "creds",
         help="issue a database login for ROLE",
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(args))
         if args.command == "revoke-expired":
             return asyncio.run(_revoke_expired(args))
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(args))
         if args.command == "creds":
             return _creds(args)
         if args.command == "lease":
@@ -237,6 +247,30 @@ async def _revoke_expired(args: argparse.Namespace) -> int:
     for error in result.errors:
         print(f"  failed: {error}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+async def _reconcile(args: argparse.Namespace) -> int:
+    """Exit 0: no orphans left; 1: orphans found and not (all) dropped."""
+    from broker.engines.registry import EngineRegistry
+    from broker.reconcile import Reconciler
+    from broker.storage import Storage, create_pool
+
+    settings = _settings(args.config)
+    pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
+    engines = EngineRegistry()
+    try:
+        report = await Reconciler(Storage(pool), engines).run(revoke=args.revoke)
+    finally:
+        await engines.close()
+        await pool.close()
+    revoked = set(report.revoked)
+    for orphan in report.orphans:
+        action = "revoked" if orphan in revoked else "orphan"
+        print(f"{action}\t{orphan.mount}/{orphan.connection}\t{orphan.username}")
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(report.orphans)} orphan(s), {len(revoked)} revoked", file=sys.stderr)
+    return 1 if len(report.orphans) > len(revoked) or report.errors else 0
 
 
 # -- client commands -----------------------------------------------------------------------

@@ -67,6 +67,7 @@ def free_port() -> int:
 
 class EmbeddedPostgres:
     def __init__(self, *, superuser_password: str | None = None, fsync: bool = False) -> None:
+        """``fsync``: durable (survives ``pause()``); otherwise fast and lost on a crash."""
         self.user = "postgres"
         self.password = superuser_password or generate_password()
         self.host = "127.0.0.1"
@@ -122,32 +123,33 @@ class EmbeddedPostgres:
         pwfile.unlink()
         for attempt in range(5):
             self.port = free_port()
-            options = (
-                f"-c listen_addresses={self.host} -p {self.port} "
-                f"-c unix_socket_directories={self._root} -c max_connections=300 "
-                f"-c fsync={'on' if self._fsync else 'off'} -c synchronous_commit=off "
-                f"-c full_page_writes=off"
-            )
             try:
-                self._run(
-                    "pg_ctl",
-                    "-D",
-                    str(self._data),
-                    "-l",
-                    str(self._root / "log"),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                )
+                self._pg_ctl_start()
                 break
             except RuntimeError:
                 if attempt == 4:
                     raise
                 time.sleep(0.2)
         self._started = True
+
+    def _pg_ctl_start(self) -> None:
+        options = (
+            f"-c listen_addresses={self.host} -p {self.port} "
+            f"-c unix_socket_directories={self._root} -c max_connections=300"
+        )
+        if not self._fsync:
+            # Throwaway data: trade crash safety for speed. A cluster that must survive
+            # pause() (an immediate stop) is created with fsync=True.
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        log = str(self._root / "log")
+        self._run("pg_ctl", "-D", str(self._data), "-l", log, "-o", options, "-w", "start")
+
+    def pause(self) -> None:
+        """Stop the server abruptly (an outage), keeping its data and port for resume()."""
+        self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         if self._started:

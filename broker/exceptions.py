@@ -77,6 +77,10 @@ class TargetUnavailable(TargetError):
     status = 503
 
 
+class TargetUnreachable(TargetUnavailable):
+    """The target database cannot be reached; nothing was sent to it."""
+
+
 class StatementError(TargetError):
     """A statement template failed on the target database.
 

@@ -21,6 +21,7 @@ from broker.exceptions import (
     InvalidRequest,
     StatementError,
     TargetError,
+    TargetUnreachable,
 )
 from broker.faults import crash_point
 from broker.models import ClaimedLease, Connection, Lease, NewLease
@@ -35,12 +36,11 @@ log = logging.getLogger(__name__)
 #: broker's own revocation (which also ends sessions) normally comes first.
 EXPIRATION_GRACE = dt.timedelta(seconds=5)
 _BACKOFF_BASE = 1.0
-_BACKOFF_CAP = 300.0
 
 
-def backoff_seconds(attempts: int) -> float:
+def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
     """Exponential backoff with jitter, capped; never gives up."""
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    ceiling = min(cap, _BACKOFF_BASE * 2 ** max(0, attempts - 1))
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
@@ -78,6 +78,8 @@ class LeaseManager:
         self._engines = engines
         self._settings = settings
         self._sweep_lock = asyncio.Lock()
+        #: Leases this node has claimed and not yet recorded: released on shutdown.
+        self._in_flight: set[str] = set()
 
     # -- issuance -------------------------------------------------------------------------
 
@@ -125,7 +127,10 @@ class LeaseManager:
             expires_at=now + dt.timedelta(seconds=ttl),
             max_expires_at=now + dt.timedelta(seconds=max_ttl),
         )
-        await self._storage.insert_lease(lease)
+        takeover_at = min(
+            lease.expires_at, now + dt.timedelta(seconds=self._settings.creation_timeout)
+        )
+        await self._storage.insert_lease(lease, takeover_at)
         crash_point("after_lease_insert")
 
         password = generate_password()
@@ -139,8 +144,8 @@ class LeaseManager:
                     rollback_statements=role.rollback_statements,
                 )
             )
-        except StatementError as exc:
-            # The engine rolled back: nothing exists on the target.
+        except (StatementError, TargetUnreachable) as exc:
+            # Rolled back, or never reached: nothing exists on the target.
             await self._storage.mark_lease_failed(lease.lease_id, exc.message)
             raise
         except BaseException:
@@ -276,6 +281,13 @@ class LeaseManager:
         except TimeoutError:
             log.warning("a sweep was still running after %.0fs at shutdown", grace_seconds)
 
+    async def release_claims(self) -> int:
+        """Hand unfinished claims back (due now), so another node need not wait out the
+        claim timeout. For shutdown, after in-flight work had its grace period."""
+        pending = list(self._in_flight)
+        await self._storage.release_claims(pending)
+        return len(pending)
+
     async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
         """Revoke a batch with bounded concurrency; one error (or None) per lease.
 
@@ -291,10 +303,18 @@ class LeaseManager:
                 error = await self._revoke_one(lease, connections)
             if error is None and not await self._needs_recheck(lease):
                 finished.append(lease.lease_id)
+            else:
+                self._in_flight.discard(lease.lease_id)
             return error
 
+        # Claimed and not yet recorded; if this is cancelled (shutdown), what is left here is
+        # handed back by release_claims. If recording fails, the claim timeout hands it back.
+        self._in_flight.update(lease.lease_id for lease in claimed)
         errors = list(await asyncio.gather(*(one(lease) for lease in claimed)))
-        await self._storage.finish_revocations(finished)
+        try:
+            await self._storage.finish_revocations(finished)
+        finally:
+            self._in_flight.difference_update(finished)
         return errors
 
     async def _revoke_one(
@@ -311,7 +331,7 @@ class LeaseManager:
                 RevokeUserRequest(lease.username, lease.revocation_statements)
             )
         except BrokerError as exc:
-            delay = backoff_seconds(lease.attempts)
+            delay = backoff_seconds(lease.attempts, self._settings.revoke_backoff_max)
             log.warning(
                 "revoking %s failed (attempt %d, retry in %.0fs): %s",
                 lease.lease_id,

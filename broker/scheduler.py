@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -14,10 +15,32 @@ _JOB_ID = "sweep-expired-leases"
 
 
 class SweepScheduler:
+    """The expiry sweep, plus the periodic housekeeping jobs other modules register."""
+
     def __init__(self, leases: LeaseManager, interval: float) -> None:
         self._leases = leases
         self._interval = interval
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
+
+    def add_periodic(self, name: str, job: Callable[[], Awaitable[object]], seconds: float) -> None:
+        """Run ``job`` every ``seconds`` (first run now); a failing run is logged and the
+        next one runs as scheduled."""
+
+        async def run() -> None:
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed", name)
+
+        self._scheduler.add_job(
+            run,
+            "interval",
+            seconds=seconds,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
 
     def start(self) -> None:
         self._scheduler.add_job(

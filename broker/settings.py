@@ -34,6 +34,17 @@ class Settings:
     #: Upper bound on one user creation; a lease revoked while younger than this is
     #: revoked once more after it, in case a slow creator made the user afterwards.
     creation_timeout: float = 30.0
+    #: Longest wait between two attempts at a failing revocation (it is never abandoned).
+    revoke_backoff_max: float = 60.0
+    #: This node's name in sys/health and sys/ha-status; default: host name and a random tag.
+    node_id: str = ""
+    #: The address other nodes and operators can reach this node at (sys/ha-status).
+    api_address: str = ""
+    heartbeat_interval: float = 5.0
+    #: Seconds between scheduled orphan reports (0: off). See ``broker reconcile``.
+    reconcile_interval: float = 0.0
+    #: Grace for in-flight requests and claimed revocations on SIGTERM.
+    shutdown_timeout: float = 20.0
     default_lease_ttl: int = VAULT_DEFAULT_TTL
     max_lease_ttl: int = VAULT_DEFAULT_TTL
     max_request_bytes: int = 1024 * 1024

@@ -180,7 +180,8 @@ class Storage:
 
     # -- leases ---------------------------------------------------------------------------
 
-    async def insert_lease(self, lease: NewLease) -> None:
+    async def insert_lease(self, lease: NewLease, takeover_at: dt.datetime) -> None:
+        """``takeover_at``: when the sweep revokes the lease if it is still 'creating'."""
         await self._execute(
             "insert_lease",
             lease.lease_id,
@@ -194,6 +195,7 @@ class Storage:
             lease.issued_at,
             lease.expires_at,
             lease.max_expires_at,
+            takeover_at,
         )
 
     async def activate_lease(self, lease_id: str) -> bool:
@@ -240,6 +242,34 @@ class Storage:
 
     async def force_revoked(self, prefix: str) -> int:
         return self._rows_affected(await self._execute("force_revoked", like_prefix(prefix)))
+
+    async def release_claims(self, lease_ids: Sequence[str]) -> None:
+        if lease_ids:
+            await self._execute("release_claims", list(lease_ids))
+
+    async def count_failing_leases(self) -> dict[str, int]:
+        return {row["prefix"]: row["n"] for row in await self._fetch("count_failing_leases")}
+
+    async def list_failing_leases(self, limit: int) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self._fetch("list_failing_leases", limit)]
+
+    async def live_usernames(self, names: Sequence[str]) -> set[str]:
+        rows = await self._fetch("live_usernames", list(names))
+        return {row["username"] for row in rows}
+
+    async def list_all_connections(self) -> list[Connection]:
+        return [_record(Connection, row) for row in await self._fetch("list_all_connections")]
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str, api_address: str, version: str) -> None:
+        await self._execute("heartbeat", node_id, api_address, version)
+
+    async def remove_node(self, node_id: str) -> None:
+        await self._execute("remove_node", node_id)
+
+    async def live_nodes(self, within_seconds: float) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self._fetch("live_nodes", float(within_seconds))]
 
     async def list_lease_keys(self, prefix: str) -> list[str]:
         rows = await self._fetch("list_lease_keys", like_prefix(prefix), len(prefix) + 1)

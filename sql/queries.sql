@@ -98,15 +98,17 @@ SELECT name FROM broker_roles WHERE mount = $1 ORDER BY name
 DELETE FROM broker_roles WHERE mount = $1 AND name = $2 RETURNING name
 
 -- insert_lease --
+-- $12: when the sweep takes over if creation never finishes (a crashed creator): the
+-- sooner of the expiry and the creation timeout.
 INSERT INTO broker_leases
     (lease_id, mount, role_name, connection_name, plugin_name, username,
      revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 
 -- activate_lease --
 -- Only a lease still 'creating' becomes active: if a revocation claimed it meanwhile, the
 -- creator sees no row and must remove the user it just made.
-UPDATE broker_leases SET state = 'active'
+UPDATE broker_leases SET state = 'active', due_at = expires_at
 WHERE lease_id = $1 AND state = 'creating'
 RETURNING lease_id
 
@@ -190,3 +192,47 @@ FROM (
     WHERE lease_id LIKE $1 AND state IN ('creating', 'active', 'revoking')
 ) AS live
 ORDER BY key
+
+-- release_claims --
+-- Graceful shutdown: claims this node could not finish become due now for other nodes.
+UPDATE broker_leases SET due_at = now()
+WHERE lease_id = ANY($1::text[]) AND state = 'revoking'
+
+-- count_failing_leases --
+-- Vault calls leases whose revocation keeps failing "irrevocable"; ours are retried forever.
+SELECT mount || '/creds/' || role_name || '/' AS prefix, count(*) AS n
+FROM broker_leases
+WHERE state = 'revoking' AND last_error IS NOT NULL
+GROUP BY 1 ORDER BY 1
+
+-- list_failing_leases --
+SELECT lease_id, expires_at, attempts, last_error, due_at
+FROM broker_leases
+WHERE state = 'revoking' AND last_error IS NOT NULL
+ORDER BY lease_id
+LIMIT $1
+
+-- live_usernames --
+-- Of the names given, those with a lease that is not finished (creating counts: its user
+-- may be appearing right now). Across all connections: two may point at one server.
+SELECT DISTINCT username FROM broker_leases
+WHERE username = ANY($1::text[])
+  AND (state IN ('creating', 'active') OR (state = 'revoking' AND revoked_at IS NULL))
+
+-- heartbeat --
+INSERT INTO broker_nodes (node_id, api_address, version) VALUES ($1, $2, $3)
+ON CONFLICT (node_id) DO UPDATE SET last_heartbeat = now(), api_address = EXCLUDED.api_address
+
+-- remove_node --
+DELETE FROM broker_nodes WHERE node_id = $1
+
+-- live_nodes --
+SELECT node_id, api_address, version, started_at, last_heartbeat
+FROM broker_nodes
+WHERE last_heartbeat > now() - make_interval(secs => $1)
+ORDER BY started_at, node_id
+
+-- list_all_connections --
+SELECT mount, name, plugin_name, connection_url, username, password, allowed_roles,
+       username_template, verify_connection, options, version
+FROM broker_connections ORDER BY mount, name

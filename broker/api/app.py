@@ -24,6 +24,8 @@ from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError
 from broker.leases import LeaseManager
 from broker.migrations import apply_migrations
+from broker.nodes import NodeIdentity, NodeRegistry
+from broker.reconcile import Reconciler
 from broker.scheduler import SweepScheduler
 from broker.settings import Settings
 from broker.storage import Storage, create_pool
@@ -110,6 +112,7 @@ def _services_ctx(
         pool = await create_pool(settings.storage_dsn, max_size=settings.storage_pool_size)
         engines = EngineRegistry()
         scheduler: SweepScheduler | None = None
+        services: Services | None = None
         try:
             if settings.apply_migrations:
                 await apply_migrations(pool)
@@ -118,12 +121,31 @@ def _services_ctx(
             catalog = Catalog(storage, engines, leases, settings)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
-            app[SERVICES] = Services(settings, storage, catalog, leases, scheduler)
+            nodes = NodeRegistry(
+                storage, NodeIdentity.from_settings(settings), settings.heartbeat_interval
+            )
+            reconciler = Reconciler(storage, engines)
+            services = Services(settings, storage, catalog, leases, scheduler, nodes, reconciler)
+            app[SERVICES] = services
+            await nodes.heartbeat()
+            scheduler.add_periodic("heartbeat", nodes.heartbeat, settings.heartbeat_interval)
+            if settings.reconcile_interval > 0:
+                scheduler.add_periodic(
+                    "reconcile", reconciler.report_orphans, settings.reconcile_interval
+                )
             scheduler.start()
             yield
         finally:
+            # In-flight requests have had their grace (the runner's shutdown_timeout); now
+            # the sweep gets its own, then whatever it still holds goes back to the queue.
             if scheduler is not None:
-                await scheduler.stop()
+                await scheduler.stop(settings.shutdown_timeout)
+            if services is not None:
+                with contextlib.suppress(BrokerError):
+                    released = await services.leases.release_claims()
+                    if released:
+                        log.info("released %d unfinished revocation claim(s)", released)
+                    await services.nodes.leave()
             await engines.close()
             await pool.close()
 
@@ -147,7 +169,9 @@ async def start_server(
     that sees the port (or a healthy ``sys/health``) sees what it set up.
     """
     app = create_app(settings)
-    runner = VaultAppRunner(app, access_log=None, handle_signals=False)
+    runner = VaultAppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+    )
     await runner.setup()
     try:
         if before_listen is not None:

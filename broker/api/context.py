@@ -9,6 +9,8 @@ from aiohttp import web
 from broker.api.params import Params
 from broker.catalog import Catalog
 from broker.leases import LeaseManager
+from broker.nodes import NodeRegistry
+from broker.reconcile import Reconciler
 from broker.scheduler import SweepScheduler
 from broker.settings import Settings
 from broker.storage import Storage
@@ -21,6 +23,8 @@ class Services:
     catalog: Catalog
     leases: LeaseManager
     scheduler: SweepScheduler
+    nodes: NodeRegistry
+    reconciler: Reconciler
 
 
 SERVICES = web.AppKey("services", Services)

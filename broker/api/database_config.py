@@ -31,6 +31,12 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
                 options[key] = int(value)
             except (TypeError, ValueError) as exc:
                 raise InvalidRequest(f"{key}: expected an integer") from exc
+    expiry_event = p.flag("expiry_event")
+    if expiry_event is not None:
+        options["expiry_event"] = expiry_event
+    event_schema = p.text("expiry_event_schema")
+    if event_schema is not None:
+        options["expiry_event_schema"] = event_schema
     update = ConnectionUpdate(
         plugin_name=p.text("plugin_name"),
         connection_url=p.text("connection_url"),

@@ -8,7 +8,7 @@ from aiohttp import web
 
 import broker
 from broker.api.context import RequestContext
-from broker.api.responses import json_response
+from broker.api.responses import json_response, vault_response
 from broker.exceptions import StorageUnavailable
 
 
@@ -28,6 +28,27 @@ async def read_health(ctx: RequestContext) -> web.StreamResponse:
         "server_time_utc": int(time.time()),
         "version": broker.__version__,
         "cluster_name": "broker",
+        "node_id": ctx.services.nodes.identity.node_id,
         "storage": "ok" if storage_ok else "unavailable",
     }
     return json_response(body, 200 if storage_ok else 503)
+
+
+async def read_ha_status(ctx: RequestContext) -> web.StreamResponse:
+    """Every node with a recent heartbeat. All are active: there are no standbys."""
+    me = ctx.services.nodes.identity.node_id
+    nodes = [
+        {
+            "hostname": node["node_id"],
+            "node_id": node["node_id"],
+            "api_address": node["api_address"],
+            "cluster_address": "",
+            "active_node": True,
+            "this_node": node["node_id"] == me,
+            "version": node["version"],
+            "started_at": node["started_at"].isoformat(),
+            "last_echo": node["last_heartbeat"].isoformat(),
+        }
+        for node in await ctx.services.nodes.live_nodes()
+    ]
+    return vault_response({"nodes": nodes}, top_level=True)

@@ -93,3 +93,33 @@ async def revoke_prefix(ctx: RequestContext) -> web.StreamResponse:
 async def revoke_force(ctx: RequestContext) -> web.StreamResponse:
     await ctx.services.leases.revoke_force(_prefix(ctx))
     return no_content()
+
+
+def _check_irrevocable(ctx: RequestContext) -> None:
+    if ctx.params.text("type") != "irrevocable":
+        raise InvalidRequest("type must be 'irrevocable'")
+
+
+async def count_failing(ctx: RequestContext) -> web.StreamResponse:
+    """Vault's irrevocable leases are ours whose revocation keeps failing: still retried
+    (with backoff, forever), counted here so they are never out of sight."""
+    _check_irrevocable(ctx)
+    counts = await ctx.services.storage.count_failing_leases()
+    return vault_response({"lease_count": sum(counts.values()), "counts": counts}, top_level=True)
+
+
+async def list_failing(ctx: RequestContext) -> web.StreamResponse:
+    _check_irrevocable(ctx)
+    limit = int(ctx.params.text("limit", "1000") or 1000)
+    rows = await ctx.services.storage.list_failing_leases(max(1, min(limit, 10000)))
+    leases = [
+        {
+            "lease_id": row["lease_id"],
+            "expire_time": _iso(row["expires_at"]),
+            "error": row["last_error"],
+            "revocation_attempts": row["attempts"],
+            "next_attempt_time": _iso(row["due_at"]),
+        }
+        for row in rows
+    ]
+    return vault_response({"lease_count": len(leases), "leases": leases}, top_level=True)

@@ -73,6 +73,10 @@ class DatabaseEngine(Protocol):
         raised at the end if the user still exists.
         """
 
+    async def list_users(self, prefix: str) -> list[str]:
+        """Names of the users on the server that start with ``prefix`` (for reconciliation)."""
+        ...
+
     async def close(self) -> None:
         """Close the connection pool, waiting for operations in flight."""
 

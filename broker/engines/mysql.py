@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +27,13 @@ from broker.engines.base import (
     RevokeUserRequest,
     format_expiration,
 )
-from broker.exceptions import InvalidRequest, StatementError, TargetError, TargetUnavailable
+from broker.exceptions import (
+    InvalidRequest,
+    StatementError,
+    TargetError,
+    TargetUnavailable,
+    TargetUnreachable,
+)
 from broker.redaction import redact
 from broker.templates import expand_statements, render
 
@@ -86,6 +93,8 @@ def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
         "password": fields.get("password") or config.password,
         "autocommit": True,
         "connect_timeout": int(config.options.get("connect_timeout", 5)),
+        # Expiry events are scheduled in UTC whatever the server's zone.
+        "init_command": "SET time_zone = '+00:00'",
     }
     if fields.get("db"):
         args["db"] = fields["db"]
@@ -110,6 +119,19 @@ class MySQLEngine:
         self._config = config
         self._args = connect_arguments(config)
         self._max_size = int(config.options.get("max_open_connections", 8))
+        self._acquire_timeout = float(config.options.get("statement_timeout", 30))
+        # Opt-in database-side expiry: MySQL has no VALID UNTIL, so a one-shot event per user
+        # drops it at expiry (plus grace) even when every broker node is down.
+        self._expiry_event = bool(config.options.get("expiry_event"))
+        self._event_schema = str(
+            config.options.get("expiry_event_schema") or self._args.get("db", "")
+        )
+        if self._expiry_event and not self._event_schema:
+            raise InvalidRequest(
+                "expiry_event needs a database for the events: expiry_event_schema, or a "
+                "database in connection_url"
+            )
+        self._is_mariadb: bool | None = None
         self._pool: aiomysql.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self.username_limit = username_limit
@@ -124,16 +146,26 @@ class MySQLEngine:
                         minsize=0, maxsize=self._max_size, pool_recycle=300, **self._args
                     )
                 except Exception as exc:
-                    raise TargetUnavailable(
+                    raise TargetUnreachable(
                         "cannot connect to MySQL: " + redact(str(exc), self._config.secrets)
                     ) from exc
             return self._pool
 
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
+        """A cursor on a pooled connection. Failing to get one is ``TargetUnreachable``
+        (nothing was sent); losing it mid-way is ``TargetUnavailable`` (outcome unknown)."""
         pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.cursor() as cur:
+            async with asyncio.timeout(self._acquire_timeout):
+                conn = await pool.acquire()
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            raise TargetUnreachable(
+                "cannot connect to MySQL: "
+                + redact(str(exc) or type(exc).__name__, self._config.secrets)
+            ) from exc
+        try:
+            async with conn.cursor() as cur:
                 yield cur
         except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
             if _is_connect_error(exc):
@@ -141,6 +173,8 @@ class MySQLEngine:
                     "MySQL connection failed: " + redact(str(exc), self._config.secrets)
                 ) from exc
             raise
+        finally:
+            pool.release(conn)
 
     async def _run(self, cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
         for statement in statements:
@@ -149,6 +183,47 @@ class MySQLEngine:
     async def verify_connection(self) -> None:
         async with self._cursor() as cur:
             await cur.execute("SELECT 1")
+            if self._expiry_event:
+                await cur.execute("SELECT @@event_scheduler")
+                row = await cur.fetchone()
+                if not row or str(row[0]).upper() != "ON":
+                    raise TargetError(
+                        "expiry_event needs the server's event scheduler: SET GLOBAL "
+                        "event_scheduler = ON (and event_scheduler=ON in its config)"
+                    )
+
+    # -- the expiry event -----------------------------------------------------------------
+
+    def _event_name(self, username: str) -> str:
+        return f"`{self._event_schema.replace('`', '``')}`.`brk_exp_{username.replace('`', '``')}`"
+
+    @staticmethod
+    def _event_time(moment: dt.datetime) -> str:
+        return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    async def _create_expiry_event(self, cur: Any, username: str, at: dt.datetime) -> None:
+        if self._is_mariadb is None:
+            await cur.execute("SELECT VERSION()")
+            row = await cur.fetchone()
+            self._is_mariadb = bool(row and "mariadb" in str(row[0]).lower())
+        await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (username,))
+        hosts = [row[0] for row in await cur.fetchall()]
+        accounts = [(username, host) for host in hosts]
+        body = ["DECLARE CONTINUE HANDLER FOR SQLEXCEPTION BEGIN END;"]
+        body += ["ALTER USER %s@%s ACCOUNT LOCK;"] * len(accounts)
+        if self._is_mariadb:
+            body.append("KILL USER %s;")
+        body += ["DROP USER IF EXISTS %s@%s;"] * len(accounts)
+        args: list[str] = [self._event_time(at)]
+        args += [v for account in accounts for v in account]
+        if self._is_mariadb:
+            args.append(username)
+        args += [v for account in accounts for v in account]
+        await cur.execute(
+            f"CREATE EVENT {self._event_name(username)} ON SCHEDULE AT %s "
+            f"ON COMPLETION NOT PRESERVE DO BEGIN {' '.join(body)} END",
+            args,
+        )
 
     async def create_user(self, request: NewUserRequest) -> None:
         values = {
@@ -162,6 +237,8 @@ class MySQLEngine:
         try:
             async with self._cursor() as cur:
                 await self._run(cur, statements, values)
+                if self._expiry_event:
+                    await self._create_expiry_event(cur, request.username, request.expiration)
         except pymysql.err.MySQLError as exc:
             await self._rollback(request, values)
             raise StatementError(
@@ -183,8 +260,14 @@ class MySQLEngine:
         await self.revoke_user(RevokeUserRequest(request.username, ()))
 
     async def renew_user(self, request: RenewUserRequest) -> None:
+        if self._expiry_event:
+            async with self._cursor() as cur:
+                await cur.execute(
+                    f"ALTER EVENT {self._event_name(request.username)} ON SCHEDULE AT %s",
+                    (self._event_time(request.expiration),),
+                )
         if not request.renew_statements:
-            return  # MySQL has no database-side expiry to move
+            return
         values = {
             "name": request.username,
             "username": request.username,
@@ -202,6 +285,8 @@ class MySQLEngine:
         name = request.username
         errors: list[str] = []
         async with self._cursor() as cur:
+            if self._expiry_event:
+                await cur.execute(f"DROP EVENT IF EXISTS {self._event_name(name)}")
             await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (name,))
             hosts = [row[0] for row in await cur.fetchall()]
             if not hosts:
@@ -243,6 +328,14 @@ class MySQLEngine:
         raise TargetError(
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._config.secrets)
         )
+
+    async def list_users(self, prefix: str) -> list[str]:
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT DISTINCT User FROM mysql.user WHERE LEFT(User, %s) = %s ORDER BY 1",
+                (len(prefix), prefix),
+            )
+            return [row[0] for row in await cur.fetchall()]
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -20,7 +20,13 @@ from broker.engines.base import (
     RevokeUserRequest,
     format_expiration,
 )
-from broker.exceptions import InvalidRequest, StatementError, TargetError, TargetUnavailable
+from broker.exceptions import (
+    InvalidRequest,
+    StatementError,
+    TargetError,
+    TargetUnavailable,
+    TargetUnreachable,
+)
 from broker.redaction import redact
 from broker.templates import expand_statements, render
 
@@ -145,6 +151,9 @@ class PostgresEngine:
         self._connect_args = connect_arguments(config)
         self._connect_args.setdefault("timeout", float(config.options.get("connect_timeout", 5)))
         self._max_size = int(config.options.get("max_open_connections", 8))
+        # Waiting for a connection (saturated pool or slow target) is bounded too, so a
+        # request fails with a 503 in bounded time instead of hanging.
+        self._acquire_timeout = float(config.options.get("statement_timeout", 30))
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -166,7 +175,7 @@ class PostgresEngine:
                         **self._connect_args,
                     )
                 except _CONNECT_ERRORS as exc:
-                    raise TargetUnavailable(
+                    raise TargetUnreachable(
                         "cannot connect to PostgreSQL: " + redact(str(exc), self._secrets())
                     ) from exc
             assert self._pool is not None
@@ -174,14 +183,24 @@ class PostgresEngine:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection. Failing to get one is ``TargetUnreachable`` (nothing was
+        sent); losing it mid-way is ``TargetUnavailable`` (the outcome is unknown)."""
         pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn:
-                yield conn
+            conn = await pool.acquire(timeout=self._acquire_timeout)
+        except _CONNECT_ERRORS as exc:
+            raise TargetUnreachable(
+                "cannot connect to PostgreSQL: "
+                + redact(str(exc) or type(exc).__name__, self._secrets())
+            ) from exc
+        try:
+            yield conn
         except _CONNECT_ERRORS as exc:
             raise TargetUnavailable(
                 "PostgreSQL connection failed: " + redact(str(exc), self._secrets())
             ) from exc
+        finally:
+            await pool.release(conn)
 
     async def _run_in_transaction(
         self, conn: asyncpg.Connection, statements: list[str], values: Mapping[str, str]
@@ -337,6 +356,13 @@ class PostgresEngine:
                 await self._run_in_transaction(other, cleanup, {})
             finally:
                 await other.close()
+
+    async def list_users(self, prefix: str) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1", prefix
+            )
+        return [row["rolname"] for row in rows]
 
     async def close(self) -> None:
         if self._pool is not None:

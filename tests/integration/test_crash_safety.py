@@ -1,6 +1,7 @@
 """Kill the broker (os._exit, like kill -9) between writing the lease row and creating the
 user, and between creating the user and activating the lease: after a restart, the sweep
-leaves no user behind."""
+leaves no user behind. The lease's TTL is an hour: a lease stuck in 'creating' is rolled
+back after the creation timeout, not at its expiry."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ async def test_crash_during_issuance_leaves_no_user(
                 {
                     "db_name": "my",
                     "creation_statements": [MYSQL_READONLY],
-                    "default_ttl": 2,
+                    "default_ttl": "1h",
                 },
             )
         ).status == 204

@@ -140,3 +140,42 @@ async def test_postgres_user_owning_objects_in_two_databases_is_dropped(
             await admin.execute(f'DROP TABLE "t_{username}"')
         finally:
             await admin.close()
+
+
+async def test_postgres_user_in_open_transaction_who_granted_onward_is_dropped(
+    broker: RunningBroker, pg_target: PgCluster
+) -> None:
+    creation = (
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+        ' GRANT app_readers TO "{{name}}"; GRANT SELECT ON payroll TO "{{name}}" WITH GRANT OPTION;'
+    )
+    assert (
+        await broker.http.write(
+            "database/roles/brkt-pg-granter", {"db_name": "pg", "creation_statements": creation}
+        )
+    ).status == 204
+    reply = await broker.http.creds("brkt-pg-granter")
+    username, password = reply.data["username"], reply.data["password"]
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=pg_target.server.port,
+        user=username,
+        password=password,
+        database="app",
+    )
+    await conn.execute("GRANT SELECT ON payroll TO app_writers")  # passed on
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("LOCK TABLE items IN ACCESS SHARE MODE")  # held open
+
+    assert (
+        await broker.http.write("sys/leases/revoke", {"lease_id": reply.body["lease_id"]})
+    ).status == 204, "revocation must not wait for or fail on the open transaction"
+    assert not await pg_role_exists(pg_target.dsn(), username)
+    conn.terminate()
+    admin = await asyncpg.connect(pg_target.dsn("app"))
+    try:
+        acl = await admin.fetchval("SELECT relacl::text FROM pg_class WHERE relname = 'payroll'")
+    finally:
+        await admin.close()
+    assert username not in (acl or "")

@@ -92,5 +92,5 @@ async def test_migrate_is_idempotent(pg_target: PgCluster) -> None:
         )
 
     first, second = await asyncio.to_thread(migrate), await asyncio.to_thread(migrate)
-    assert first.returncode == 0 and "applied 1 migration(s): 0001_initial" in first.stdout
+    assert first.returncode == 0 and "0001_initial, 0002_nodes" in first.stdout
     assert second.returncode == 0 and "none pending" in second.stdout

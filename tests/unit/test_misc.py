@@ -44,7 +44,8 @@ def test_passwords_and_lease_ids() -> None:
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.5 <= backoff_seconds(1) <= 1
     assert 4 <= backoff_seconds(4) <= 8
-    assert 150 <= backoff_seconds(60) <= 300
+    assert 30 <= backoff_seconds(60) <= 60
+    assert 150 <= backoff_seconds(60, cap=300) <= 300
 
 
 def test_redact_whole_secrets_and_truncated_fragments() -> None:
