@@ -1,0 +1,36 @@
+"""The chaos suite at its small size (CI). Full size: ``python -m tests.chaos --full``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.chaos import harness
+
+
+def _check(figures: dict[str, Any]) -> None:
+    print(json.dumps(figures, indent=2, default=str))
+    assert figures["orphans"] == 0, figures
+    assert figures["late_revocations"] == 0, figures
+    assert not figures["unexpected"], figures
+    assert figures["issued"] > 0, figures
+    assert all(code == 0 for code in figures["exit_codes"].values()), figures
+
+
+async def test_kill_nine_during_load() -> None:
+    figures = await harness.kill_during_load(seconds=8, kill_every=2, concurrency=16)
+    _check(figures)
+    assert figures["kills"] >= 2
+
+
+async def test_target_outage() -> None:
+    figures = await harness.target_outage(seconds=9, outage=3)
+    _check(figures)
+    assert figures["refused_503"] > 0
+    assert figures["drained_seconds_after_return"] is not None
+
+
+async def test_storage_restart() -> None:
+    figures = await harness.storage_restart(seconds=9, outage=3)
+    _check(figures)
+    assert figures["refused_503"] > 0
