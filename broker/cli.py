@@ -8,9 +8,11 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from broker.client import BrokerClient, ClientError
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "server":
-            return asyncio.run(_serve(args))
+            with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+                return runner.run(_serve(args))
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
         if args.command == "revoke-expired":
@@ -129,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- server-side commands ------------------------------------------------------------------
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (and not disabled with BROKER_UVLOOP=0), else asyncio's."""
+    if os.environ.get("BROKER_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _settings(config: str | None) -> Settings:

@@ -21,6 +21,7 @@ from broker.exceptions import (
     InvalidRequest,
     StatementError,
     TargetError,
+    TargetUnavailable,
     TargetUnreachable,
 )
 from broker.faults import crash_point
@@ -90,10 +91,12 @@ class LeaseManager:
         return connection
 
     async def issue(self, mount: str, role_name: str, display_name: str) -> IssuedCredentials:
-        role = await self._storage.get_role(mount, role_name)
-        if role is None:
+        context = await self._storage.get_issue_context(mount, role_name)
+        if context is None:
             raise InvalidRequest(f"unknown role: {role_name}")
-        connection = await self._connection_for(mount, role.db_name)
+        role, connection = context
+        if connection is None:
+            raise InvalidRequest(f"unknown database connection {role.db_name!r}")
         if not connection.allows_role(role.name):
             raise InvalidRequest(
                 f"{role.name!r} is not an allowed role of connection {connection.name!r}"
@@ -135,22 +138,28 @@ class LeaseManager:
 
         password = generate_password()
         try:
-            await engine.create_user(
-                NewUserRequest(
-                    username=username,
-                    password=password,
-                    expiration=lease.expires_at + EXPIRATION_GRACE,
-                    creation_statements=role.creation_statements,
-                    rollback_statements=role.rollback_statements,
+            # Bounded by the creation timeout: past it the sweep owns the lease, and the
+            # recheck that follows a takeover assumes no creator is still at work.
+            async with asyncio.timeout(self._settings.creation_timeout * 0.9):
+                await engine.create_user(
+                    NewUserRequest(
+                        username=username,
+                        password=password,
+                        expiration=lease.expires_at + EXPIRATION_GRACE,
+                        creation_statements=role.creation_statements,
+                        rollback_statements=role.rollback_statements,
+                    )
                 )
-            )
         except (StatementError, TargetUnreachable) as exc:
             # Rolled back, or never reached: nothing exists on the target.
             await self._storage.mark_lease_failed(lease.lease_id, exc.message)
             raise
-        except BaseException:
-            # Unknown outcome (connection lost mid-way, cancelled): let the sweep make sure.
-            await asyncio.shield(self._storage.make_leases_due(lease.lease_id))
+        except BaseException as exc:
+            # Unknown outcome (connection lost mid-way, timed out, cancelled): hand the lease
+            # to the sweep, whatever state a takeover left it in.
+            await asyncio.shield(self._storage.reopen_lease(lease.lease_id))
+            if isinstance(exc, TimeoutError):
+                raise TargetUnavailable("creating the user timed out") from exc
             raise
         crash_point("after_user_create")
 

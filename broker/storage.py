@@ -172,6 +172,22 @@ class Storage:
         row = await self._fetchrow("get_role", mount, name)
         return _record(Role, row) if row else None
 
+    async def get_issue_context(
+        self, mount: str, role: str
+    ) -> tuple[Role, Connection | None] | None:
+        """The role and the connection it names (None if that is missing), in one query."""
+        row = await self._fetchrow("get_issue_context", mount, role)
+        if row is None:
+            return None
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+        connection = None
+        if values["c_name"] is not None:
+            connection = Connection(
+                mount=mount,
+                **{k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")},
+            )
+        return Role(**{k: v for k, v in values.items() if not k.startswith("c_")}), connection
+
     async def list_roles(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_roles", mount)]
 

@@ -94,6 +94,19 @@ FROM broker_roles WHERE mount = $1 AND name = $2
 -- list_roles --
 SELECT name FROM broker_roles WHERE mount = $1 ORDER BY name
 
+-- get_issue_context --
+-- The role and its connection in one round trip (the issuance hot path).
+SELECT r.mount, r.name, r.db_name, r.creation_statements, r.revocation_statements,
+       r.rollback_statements, r.renew_statements, r.default_ttl, r.max_ttl,
+       c.name AS c_name, c.plugin_name AS c_plugin_name, c.connection_url AS c_connection_url,
+       c.username AS c_username, c.password AS c_password, c.allowed_roles AS c_allowed_roles,
+       c.username_template AS c_username_template,
+       c.verify_connection AS c_verify_connection, c.options AS c_options,
+       c.version AS c_version
+FROM broker_roles r
+LEFT JOIN broker_connections c ON c.mount = r.mount AND c.name = r.db_name
+WHERE r.mount = $1 AND r.name = $2
+
 -- delete_role --
 DELETE FROM broker_roles WHERE mount = $1 AND name = $2 RETURNING name
 

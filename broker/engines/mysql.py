@@ -28,6 +28,7 @@ from broker.engines.base import (
     format_expiration,
 )
 from broker.exceptions import (
+    BrokerError,
     InvalidRequest,
     StatementError,
     TargetError,
@@ -239,14 +240,24 @@ class MySQLEngine:
                 await self._run(cur, statements, values)
                 if self._expiry_event:
                     await self._create_expiry_event(cur, request.username, request.expiration)
+        except TargetUnreachable:
+            raise  # nothing was sent
+        except TargetUnavailable as exc:
+            # Lost mid-way: roll back if we can; either way the outcome stays unknown and
+            # the lease is left to the sweep.
+            with contextlib.suppress(BrokerError):
+                await self._rollback(request, values)
+            raise TargetUnavailable(exc.message) from exc
         except pymysql.err.MySQLError as exc:
-            await self._rollback(request, values)
-            raise StatementError(
-                "creation statements failed: " + redact(str(exc), secrets)
-            ) from exc
-        except TargetUnavailable:
-            await self._rollback(request, values)
-            raise
+            message = redact(str(exc), secrets)
+            try:
+                await self._rollback(request, values)
+            except BrokerError as rollback_exc:
+                raise TargetUnavailable(
+                    f"creation statements failed ({message}) and the rollback could not "
+                    "confirm the user is gone"
+                ) from rollback_exc
+            raise StatementError(f"creation statements failed: {message}") from exc
 
     async def _rollback(self, request: NewUserRequest, values: Mapping[str, str]) -> None:
         """Run the rollback statements, then make sure the user is gone at every host.

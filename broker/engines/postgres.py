@@ -21,6 +21,7 @@ from broker.engines.base import (
     format_expiration,
 )
 from broker.exceptions import (
+    BrokerError,
     InvalidRequest,
     StatementError,
     TargetError,
@@ -64,6 +65,12 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _is_connection_loss(exc: asyncpg.PostgresError) -> bool:
+    """Connection exceptions (08) and operator intervention (57P: shutdown, crash)."""
+    state = getattr(exc, "sqlstate", "") or ""
+    return state.startswith(("08", "57P"))
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -205,16 +212,24 @@ class PostgresEngine:
     async def _run_in_transaction(
         self, conn: asyncpg.Connection, statements: list[str], values: Mapping[str, str]
     ) -> None:
-        """Run ``statements`` atomically, retrying what concurrency alone made fail."""
+        """Run ``statements`` atomically in one round trip, retrying what concurrency alone
+        made fail.
+
+        One simple-protocol query holding several statements is one implicit transaction
+        (all or nothing), so no BEGIN/COMMIT round trips are needed. Statements that rewrite
+        an ACL take the per-database advisory lock first; the lock is placed just before the
+        first of them, so the password hashing of a CREATE ROLE before it still runs in
+        parallel.
+        """
+        parts: list[str] = []
+        for statement in statements:
+            if _ACL_LOCK not in parts and _ACL_STATEMENT.search(statement):
+                parts.append(_ACL_LOCK)
+            parts.append(render(statement, values))
+        script = ";\n".join(parts)
         for attempt in range(_RETRIES):
             try:
-                async with conn.transaction():
-                    locked = False
-                    for statement in statements:
-                        if not locked and _ACL_STATEMENT.search(statement):
-                            await conn.execute(_ACL_LOCK)
-                            locked = True
-                        await conn.execute(render(statement, values))
+                await conn.execute(script)
                 return
             except asyncpg.PostgresError as exc:
                 if not _is_retryable(exc) or attempt == _RETRIES - 1:
@@ -240,10 +255,20 @@ class PostgresEngine:
             try:
                 await self._run_in_transaction(conn, statements, values)
             except asyncpg.PostgresError as exc:
-                await self._rollback(conn, request, values)
-                raise StatementError(
-                    "creation statements failed: " + redact(str(exc), secrets)
-                ) from exc
+                message = redact(str(exc), secrets)
+                if _is_connection_loss(exc):
+                    # The server went away mid-way: the commit may or may not have happened.
+                    raise TargetUnavailable(f"connection lost while creating: {message}") from exc
+                try:
+                    await self._rollback(conn, request, values)
+                except (BrokerError, *_CONNECT_ERRORS) as rollback_exc:
+                    # Only a confirmed rollback makes this a plain statement error; otherwise
+                    # the outcome is unknown and the lease stays for the sweep.
+                    raise TargetUnavailable(
+                        f"creation statements failed ({message}) and the rollback could not "
+                        "confirm the user is gone"
+                    ) from rollback_exc
+                raise StatementError(f"creation statements failed: {message}") from exc
 
     async def _rollback(
         self, conn: asyncpg.Connection, request: NewUserRequest, values: Mapping[str, str]
@@ -277,6 +302,10 @@ class PostgresEngine:
         ident = quote_ident(name)
         errors: list[str] = []
         async with self._connection() as conn:
+            if not request.revocation_statements and await self._revoke_in_one_round_trip(
+                conn, name
+            ):
+                return
             # Access goes first, in one round trip (simple query protocol): no new logins,
             # then no open sessions. A role that does not exist is already revoked.
             try:
@@ -324,6 +353,29 @@ class PostgresEngine:
         raise TargetError(
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._secrets())
         )
+
+    async def _revoke_in_one_round_trip(self, conn: asyncpg.Connection, name: str) -> bool:
+        """The common case (the role owns nothing and holds no grants) as one implicit
+        transaction: NOLOGIN, end its sessions, drop it. True when done; False sends the
+        caller down the step-by-step path (the transaction rolled back as a whole)."""
+        ident = quote_ident(name)
+        script = (
+            f"ALTER ROLE {ident} NOLOGIN; "
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE usename = {quote_literal(name)} AND pid <> pg_backend_pid(); "
+            f"DROP ROLE {ident}"
+        )
+        for attempt in range(_RETRIES):
+            try:
+                await conn.execute(script)
+                return True
+            except asyncpg.UndefinedObjectError:
+                return True  # already gone
+            except asyncpg.PostgresError as exc:
+                if not _is_retryable(exc):
+                    return False
+                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        return False
 
     async def _drop_dependencies(self, conn: asyncpg.Connection, name: str) -> None:
         """REASSIGN OWNED and DROP OWNED in each database where the role owns or holds

@@ -230,6 +230,15 @@ class World:
             await conn.close()
         live = {r["username"] for r in leases if r["state"] in ("creating", "active")}
         orphans = sorted(u for u in await self.target_users() if u not in live)
+        if orphans:  # what the lease table says about each: the first clue when one appears
+            conn = await asyncpg.connect(self.storage.dsn())
+            try:
+                rows = await conn.fetch(
+                    "SELECT * FROM broker_leases WHERE username = ANY($1)", orphans
+                )
+            finally:
+                await conn.close()
+            print("ORPHAN LEASES:", [dict(r) for r in rows], flush=True)
         lags = [
             r["lag"].total_seconds()
             for r in leases
