@@ -14,7 +14,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from broker.engines.base import NewUserRequest, RenewUserRequest, RevokeUserRequest
+from broker.engines.base import (
+    DatabaseEngine,
+    NewUserRequest,
+    RenewUserRequest,
+    RevokeUserRequest,
+)
 from broker.engines.registry import EngineRegistry
 from broker.exceptions import (
     BrokerError,
@@ -298,59 +303,76 @@ class LeaseManager:
         return len(pending)
 
     async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
-        """Revoke a batch with bounded concurrency; one error (or None) per lease.
+        """Revoke a batch; one error (or None) per lease, in order.
 
-        Successes are recorded together in one storage round trip at the end: a crash
-        before that leaves them claimed, and the next claim revokes them again (a no-op).
+        Leases are grouped by target and handed to its engine in chunks of the engine's
+        ``revoke_batch_size`` (PostgreSQL drops many roles per statement), with at most
+        ``revoke_concurrency`` chunks in flight. Successes are recorded together in one
+        storage round trip at the end: a crash before that leaves them claimed, and the
+        next claim revokes them again (a no-op).
         """
         semaphore = asyncio.Semaphore(self._settings.revoke_concurrency)
-        connections: dict[tuple[str, str], Connection | None] = {}
+        errors: dict[str, str | None] = {}
         finished: list[str] = []
+        groups: dict[tuple[str, str], list[ClaimedLease]] = {}
+        for lease in claimed:
+            groups.setdefault((lease.mount, lease.connection_name), []).append(lease)
 
-        async def one(lease: ClaimedLease) -> str | None:
+        async def chunk(engine: DatabaseEngine, leases: list[ClaimedLease]) -> None:
             async with semaphore:
-                error = await self._revoke_one(lease, connections)
-            if error is None and not await self._needs_recheck(lease):
-                finished.append(lease.lease_id)
-            else:
-                self._in_flight.discard(lease.lease_id)
-            return error
+                try:
+                    outcomes = await engine.revoke_users(
+                        [RevokeUserRequest(x.username, x.revocation_statements) for x in leases]
+                    )
+                except BrokerError as exc:
+                    outcomes = [exc.message] * len(leases)
+            for lease, error in zip(leases, outcomes, strict=True):
+                errors[lease.lease_id] = await self._record_outcome(lease, error, finished)
+
+        tasks = []
+        for (mount, name), leases in groups.items():
+            connection = await self._storage.get_connection(mount, name)
+            if connection is None:
+                for lease in leases:
+                    missing = f"connection {name!r} no longer exists"
+                    errors[lease.lease_id] = await self._record_outcome(lease, missing, finished)
+                continue
+            engine = self._engines.get(connection)
+            size = max(1, engine.revoke_batch_size)
+            tasks += [chunk(engine, leases[i : i + size]) for i in range(0, len(leases), size)]
 
         # Claimed and not yet recorded; if this is cancelled (shutdown), what is left here is
         # handed back by release_claims. If recording fails, the claim timeout hands it back.
         self._in_flight.update(lease.lease_id for lease in claimed)
-        errors = list(await asyncio.gather(*(one(lease) for lease in claimed)))
+        await asyncio.gather(*tasks)
         try:
             await self._storage.finish_revocations(finished)
         finally:
             self._in_flight.difference_update(finished)
-        return errors
+        return [errors[lease.lease_id] for lease in claimed]
 
-    async def _revoke_one(
-        self, lease: ClaimedLease, connections: dict[tuple[str, str], Connection | None]
+    async def _record_outcome(
+        self, lease: ClaimedLease, error: str | None, finished: list[str]
     ) -> str | None:
-        key = (lease.mount, lease.connection_name)
-        try:
-            if key not in connections:
-                connections[key] = await self._storage.get_connection(*key)
-            connection = connections[key]
-            if connection is None:
-                raise TargetError(f"connection {lease.connection_name!r} no longer exists")
-            await self._engines.get(connection).revoke_user(
-                RevokeUserRequest(lease.username, lease.revocation_statements)
-            )
-        except BrokerError as exc:
+        """A failure is rescheduled with backoff now; a success joins ``finished`` (or is
+        rechecked later, for a lease claimed while still being created)."""
+        if error is not None:
             delay = backoff_seconds(lease.attempts, self._settings.revoke_backoff_max)
             log.warning(
                 "revoking %s failed (attempt %d, retry in %.0fs): %s",
                 lease.lease_id,
                 lease.attempts,
                 delay,
-                exc.message,
+                error,
             )
-            await self._storage.schedule_revocation_retry(lease.lease_id, delay, exc.message)
-            return exc.message
+            await self._storage.schedule_revocation_retry(lease.lease_id, delay, error)
+            self._in_flight.discard(lease.lease_id)
+            return error
         crash_point("after_user_revoke")
+        if await self._needs_recheck(lease):
+            self._in_flight.discard(lease.lease_id)
+        else:
+            finished.append(lease.lease_id)
         return None
 
     async def _needs_recheck(self, lease: ClaimedLease) -> bool:

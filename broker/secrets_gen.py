@@ -12,7 +12,22 @@ PASSWORD_LENGTH = 32
 
 
 def random_string(length: int, alphabet: str = BASE62) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(length))
+    """``length`` characters drawn uniformly from ``alphabet`` (len <= 256).
+
+    Rejection sampling over ``secrets.token_bytes``: bytes at or above the largest multiple
+    of the alphabet's size are dropped, so there is no modulo bias. One system call per
+    string instead of one ``secrets.choice`` per character (it showed in profiles).
+    """
+    size = len(alphabet)
+    limit = 256 - 256 % size
+    out: list[str] = []
+    while len(out) < length:
+        for byte in secrets.token_bytes(length + length // 2 + 4):
+            if byte < limit:
+                out.append(alphabet[byte % size])
+                if len(out) == length:
+                    break
+    return "".join(out)
 
 
 def generate_password(length: int = PASSWORD_LENGTH) -> str:

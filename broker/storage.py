@@ -38,6 +38,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg's default runs a reset query (RESET ALL, UNLISTEN *, ...)
+    on every release: a hidden round trip per query. The broker sets no session state and
+    takes only transaction-scoped advisory locks, and asyncpg itself still rolls back an
+    open transaction before calling this, so nothing needs resetting."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
@@ -45,6 +52,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             command_timeout=30,
             server_settings={"application_name": "broker"},
         )

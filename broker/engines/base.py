@@ -7,6 +7,7 @@ leases; a plugin knows nothing of HTTP or of the broker's storage.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +51,8 @@ class DatabaseEngine(Protocol):
 
     #: The longest user name the database accepts.
     username_limit: int
+    #: How many revocations ``revoke_users`` takes at once to good effect.
+    revoke_batch_size: int
 
     async def verify_connection(self) -> None:
         """Connect and run a trivial query; raise ``TargetUnavailable`` saying why not."""
@@ -72,6 +75,12 @@ class DatabaseEngine(Protocol):
         is removed first, and a failing step does not stop the later ones; the error is
         raised at the end if the user still exists.
         """
+
+    async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
+        """``revoke_user`` for many users at once where the database allows; returns one
+        error message (None: revoked) per request, in order. Raises only when nothing
+        could be attempted (the target cannot be reached)."""
+        ...
 
     async def list_users(self, prefix: str) -> list[str]:
         """Names of the users on the server that start with ``prefix`` (for reconciliation)."""

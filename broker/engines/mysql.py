@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -136,6 +136,8 @@ class MySQLEngine:
         self._pool: aiomysql.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self.username_limit = username_limit
+        #: One user per call: the sweep's concurrency then applies per user.
+        self.revoke_batch_size = 1
 
     async def _get_pool(self) -> aiomysql.Pool:
         if self._pool is not None:
@@ -339,6 +341,18 @@ class MySQLEngine:
         raise TargetError(
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._config.secrets)
         )
+
+    async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
+        """One by one: MySQL account statements are serialised inside the server anyway,
+        and each user needs its own hosts looked up and sessions killed."""
+        results: list[str | None] = []
+        for request in requests:
+            try:
+                await self.revoke_user(request)
+                results.append(None)
+            except TargetError as exc:
+                results.append(exc.message)
+        return results
 
     async def list_users(self, prefix: str) -> list[str]:
         async with self._cursor() as cur:

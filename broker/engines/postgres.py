@@ -7,7 +7,7 @@ import contextlib
 import random
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,6 +45,12 @@ _ACL_STATEMENT = re.compile(
     re.IGNORECASE,
 )
 _ACL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('broker.acl'))"
+# Sessions whose role no longer exists (usesysid set, name gone): logins that slipped in
+# while their role was being dropped.
+_TERMINATE_ORPHANED_SESSIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE backend_type = 'client backend' AND usesysid IS NOT NULL AND usename IS NULL"
+)
 _RETRIES = 8
 
 _CONNECT_ERRORS = (
@@ -65,6 +71,11 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: skip asyncpg's reset query (a round trip per release). Engine
+    sessions set no state; asyncpg rolls back an open transaction before calling this."""
 
 
 def _is_connection_loss(exc: asyncpg.PostgresError) -> bool:
@@ -152,6 +163,8 @@ def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
 
 class PostgresEngine:
     username_limit = 63
+    #: Revocations the sweep hands over at once (see ``revoke_users``).
+    revoke_batch_size = 50
 
     def __init__(self, config: ConnectionConfig) -> None:
         self._config = config
@@ -178,6 +191,7 @@ class PostgresEngine:
                     self._pool = await asyncpg.create_pool(
                         min_size=0,
                         max_size=self._max_size,
+                        reset=_keep_session,
                         command_timeout=float(self._config.options.get("statement_timeout", 30)),
                         **self._connect_args,
                     )
@@ -302,10 +316,6 @@ class PostgresEngine:
         ident = quote_ident(name)
         errors: list[str] = []
         async with self._connection() as conn:
-            if not request.revocation_statements and await self._revoke_in_one_round_trip(
-                conn, name
-            ):
-                return
             # Access goes first, in one round trip (simple query protocol): no new logins,
             # then no open sessions. A role that does not exist is already revoked.
             try:
@@ -333,6 +343,7 @@ class PostgresEngine:
             for attempt in range(_RETRIES):
                 try:
                     await conn.execute(f"DROP ROLE IF EXISTS {ident}")
+                    await conn.execute(_TERMINATE_ORPHANED_SESSIONS)
                     return
                 except asyncpg.DependentObjectsStillExistError as exc:
                     if attempt >= 2:
@@ -354,28 +365,51 @@ class PostgresEngine:
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._secrets())
         )
 
-    async def _revoke_in_one_round_trip(self, conn: asyncpg.Connection, name: str) -> bool:
-        """The common case (the role owns nothing and holds no grants) as one implicit
-        transaction: NOLOGIN, end its sessions, drop it. True when done; False sends the
-        caller down the step-by-step path (the transaction rolled back as a whole)."""
-        ident = quote_ident(name)
-        script = (
-            f"ALTER ROLE {ident} NOLOGIN; "
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE usename = {quote_literal(name)} AND pid <> pg_backend_pid(); "
-            f"DROP ROLE {ident}"
-        )
-        for attempt in range(_RETRIES):
+    async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
+        """Revoke many users; one error message (or None) per request.
+
+        Users with their own revocation statements go one by one. The rest, the common
+        case, are dropped together in one implicit transaction: end their sessions and
+        ``DROP ROLE a, b, ...``; then, after the commit, end any session whose role is gone
+        (one that logged in between the two steps: inside one transaction a NOLOGIN would
+        not have stopped it either). If any of them owns something, the batch rolls back as
+        a whole and each goes through ``revoke_user``, which cleans up first.
+        """
+        results: dict[int, str | None] = {}
+        simple = [i for i, r in enumerate(requests) if not r.revocation_statements]
+        if simple:
+            names = [requests[i].username for i in simple]
+            if await self._drop_roles_together(names):
+                results.update(dict.fromkeys(simple))
+        for i, request in enumerate(requests):
+            if i in results:
+                continue
             try:
-                await conn.execute(script)
-                return True
-            except asyncpg.UndefinedObjectError:
-                return True  # already gone
-            except asyncpg.PostgresError as exc:
-                if not _is_retryable(exc):
-                    return False
-                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        return False
+                await self.revoke_user(request)
+                results[i] = None
+            except TargetError as exc:
+                results[i] = exc.message
+        return [results[i] for i in range(len(requests))]
+
+    async def _drop_roles_together(self, names: Sequence[str]) -> bool:
+        idents = ", ".join(quote_ident(n) for n in names)
+        literals = ", ".join(quote_literal(n) for n in names)
+        script = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE usename IN ({literals}) AND pid <> pg_backend_pid(); "
+            f"DROP ROLE IF EXISTS {idents}"
+        )
+        async with self._connection() as conn:
+            for attempt in range(_RETRIES):
+                try:
+                    await conn.execute(script)
+                    break
+                except asyncpg.PostgresError as exc:
+                    if not _is_retryable(exc) or attempt == _RETRIES - 1:
+                        return False  # e.g. a role owns objects: one by one instead
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+            await conn.execute(_TERMINATE_ORPHANED_SESSIONS)
+        return True
 
     async def _drop_dependencies(self, conn: asyncpg.Connection, name: str) -> None:
         """REASSIGN OWNED and DROP OWNED in each database where the role owns or holds

@@ -179,3 +179,41 @@ async def test_postgres_user_in_open_transaction_who_granted_onward_is_dropped(
     finally:
         await admin.close()
     assert username not in (acl or "")
+
+
+async def test_batch_revocation_falls_back_when_one_role_owns_objects(
+    broker: RunningBroker, pg_target: PgCluster
+) -> None:
+    """The sweep drops a target's roles in one statement; one role owning a table makes that
+    statement fail, and then each is revoked on its own, the owner with its clean-up."""
+    creation = (
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+        ' GRANT app_writers TO "{{name}}";'
+    )
+    assert (
+        await broker.http.write(
+            "database/roles/brkt-pg-batch", {"db_name": "pg", "creation_statements": creation}
+        )
+    ).status == 204
+    replies = [await broker.http.creds("brkt-pg-batch") for _ in range(4)]
+    owner = replies[2].data
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=pg_target.server.port,
+        user=owner["username"],
+        password=owner["password"],
+        database="app",
+    )
+    await conn.execute(f'CREATE TABLE "batch_{owner["username"]}" (id int)')
+    await conn.close()
+
+    assert (
+        await broker.http.write("sys/leases/revoke-prefix/database/creds/brkt-pg-batch/")
+    ).status == 204
+    for reply in replies:
+        assert not await pg_role_exists(pg_target.dsn(), reply.data["username"])
+    admin = await asyncpg.connect(pg_target.dsn("app"))
+    try:
+        await admin.execute(f'DROP TABLE "batch_{owner["username"]}"')
+    finally:
+        await admin.close()
