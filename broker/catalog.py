@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from broker.catalog_cache import IssueContextCache
 from broker.engines.registry import EngineRegistry, build_engine, check_plugin_name
 from broker.exceptions import BrokerError, InvalidRequest, NotFound
 from broker.leases import LeaseManager
@@ -76,8 +77,14 @@ class RoleUpdate:
 
 class Catalog:
     def __init__(
-        self, storage: Storage, engines: EngineRegistry, leases: LeaseManager, settings: Settings
+        self,
+        storage: Storage,
+        engines: EngineRegistry,
+        leases: LeaseManager,
+        settings: Settings,
+        contexts: IssueContextCache | None = None,
     ) -> None:
+        self._contexts = contexts
         self._storage = storage
         self._engines = engines
         self._leases = leases
@@ -117,6 +124,7 @@ class Catalog:
         if not await self._storage.insert_mount(path, type_, description, accessor):
             raise InvalidRequest(f"path is already in use at {path}/")
         await self.refresh_mounts()
+        await self._changed()
 
     async def get_mount(self, path: str) -> Mount:
         mount = await self._storage.get_mount(path.strip("/"))
@@ -136,6 +144,7 @@ class Catalog:
         await self._storage.delete_mount(path)
         self._engines.forget(path)
         await self.refresh_mounts()
+        await self._changed()
 
     # -- connections ----------------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class Catalog:
         finally:
             await engine.close()
         await self._storage.upsert_connection(connection)
+        await self._changed()
 
     async def read_connection(self, mount: str, name: str) -> Connection:
         connection = await self._storage.get_connection(mount, name)
@@ -190,6 +200,7 @@ class Catalog:
             )
         await self._storage.delete_connection(mount, name)
         self._engines.forget(mount, name)
+        await self._changed()
 
     # -- roles ----------------------------------------------------------------------------
 
@@ -218,6 +229,7 @@ class Catalog:
         if any(_PER_TABLE_GRANT.search(s) for s in role.creation_statements):
             warnings.append(PER_TABLE_GRANT_WARNING)
         await self._storage.upsert_role(role)
+        await self._changed()
         return warnings
 
     async def read_role(self, mount: str, name: str) -> Role:
@@ -232,3 +244,8 @@ class Catalog:
     async def delete_role(self, mount: str, name: str) -> None:
         # Leases keep their own revocation statements, so they revoke without the role.
         await self._storage.delete_role(mount, name)
+        await self._changed()
+
+    async def _changed(self) -> None:
+        if self._contexts is not None:
+            await self._contexts.changed()

@@ -14,6 +14,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from broker.batching import GroupCommit
+from broker.catalog_cache import IssueContextCache
 from broker.engines.base import (
     DatabaseEngine,
     NewUserRequest,
@@ -79,10 +81,20 @@ class SweepResult:
 
 
 class LeaseManager:
-    def __init__(self, storage: Storage, engines: EngineRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        engines: EngineRegistry,
+        settings: Settings,
+        contexts: IssueContextCache | None = None,
+    ) -> None:
         self._storage = storage
         self._engines = engines
         self._settings = settings
+        self._contexts = contexts
+        # Concurrent issuances share their storage round trips (see batching.py).
+        self._inserts = GroupCommit(storage.insert_leases)
+        self._activations = GroupCommit(storage.activate_leases)
         self._sweep_lock = asyncio.Lock()
         #: Leases this node has claimed and not yet recorded: released on shutdown.
         self._in_flight: set[str] = set()
@@ -96,7 +108,11 @@ class LeaseManager:
         return connection
 
     async def issue(self, mount: str, role_name: str, display_name: str) -> IssuedCredentials:
-        context = await self._storage.get_issue_context(mount, role_name)
+        context = await (
+            self._contexts.get(mount, role_name)
+            if self._contexts is not None
+            else self._storage.get_issue_context(mount, role_name)
+        )
         if context is None:
             raise InvalidRequest(f"unknown role: {role_name}")
         role, connection = context
@@ -138,7 +154,7 @@ class LeaseManager:
         takeover_at = min(
             lease.expires_at, now + dt.timedelta(seconds=self._settings.creation_timeout)
         )
-        await self._storage.insert_lease(lease, takeover_at)
+        await self._inserts.submit((lease, takeover_at))
         crash_point("after_lease_insert")
 
         password = generate_password()
@@ -168,7 +184,7 @@ class LeaseManager:
             raise
         crash_point("after_user_create")
 
-        if not await self._storage.activate_lease(lease.lease_id):
+        if not await self._activations.submit(lease.lease_id):
             # Revoked while we were creating the user; the user we just made must go too.
             await self._storage.reopen_lease(lease.lease_id)
             await self.revoke(lease.lease_id)

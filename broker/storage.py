@@ -6,9 +6,10 @@ The only module that runs the queries in ``sql/queries.sql``. Driver errors beco
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -204,26 +205,66 @@ class Storage:
 
     # -- leases ---------------------------------------------------------------------------
 
-    async def insert_lease(self, lease: NewLease, takeover_at: dt.datetime) -> None:
-        """``takeover_at``: when the sweep revokes the lease if it is still 'creating'."""
-        await self._execute(
-            "insert_lease",
-            lease.lease_id,
-            lease.mount,
-            lease.role_name,
-            lease.connection_name,
-            lease.plugin_name,
-            lease.username,
-            list(lease.revocation_statements),
-            list(lease.renew_statements),
-            lease.issued_at,
-            lease.expires_at,
-            lease.max_expires_at,
-            takeover_at,
-        )
+    async def insert_leases(self, leases: Sequence[tuple[NewLease, dt.datetime]]) -> list[None]:
+        """Lease rows with the time the sweep takes each over if it is still 'creating'
+        (the sooner of expiry and the creation timeout); one statement, all or none."""
+        columns: list[list[Any]] = [[] for _ in range(12)]
+        for lease, takeover_at in leases:
+            row = (
+                lease.lease_id,
+                lease.mount,
+                lease.role_name,
+                lease.connection_name,
+                lease.plugin_name,
+                lease.username,
+                json.dumps(list(lease.revocation_statements)),
+                json.dumps(list(lease.renew_statements)),
+                lease.issued_at,
+                lease.expires_at,
+                lease.max_expires_at,
+                takeover_at,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        await self._execute("insert_leases", *columns)
+        return [None] * len(leases)
 
-    async def activate_lease(self, lease_id: str) -> bool:
-        return await self._fetchval("activate_lease", lease_id) is not None
+    async def activate_leases(self, lease_ids: Sequence[str]) -> list[bool]:
+        """For each id, whether it went from 'creating' to 'active'."""
+        rows = await self._fetch("activate_leases", list(lease_ids))
+        activated = {row["lease_id"] for row in rows}
+        return [lease_id in activated for lease_id in lease_ids]
+
+    async def notify_catalog_changed(self) -> None:
+        await self._fetchval("notify_catalog_changed")
+
+    async def listen(
+        self, channel: str, on_message: Callable[[], None], on_lost: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """LISTEN on ``channel`` on a pooled connection held for the purpose; ``on_lost``
+        runs if that connection dies. Returns the coroutine function that stops listening
+        (call it before the pool closes)."""
+
+        def callback(*_: object) -> None:
+            on_message()
+
+        async with self._translate():
+            conn = await self._pool.acquire()
+            try:
+                await conn.add_listener(channel, callback)
+            except BaseException:
+                await self._pool.release(conn)
+                raise
+            conn.add_termination_listener(lambda _: on_lost())
+
+        async def stop() -> None:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                if not conn.is_closed():
+                    await conn.remove_listener(channel, callback)  # UNLISTENs
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self._pool.release(conn)
+
+        return stop
 
     async def mark_lease_failed(self, lease_id: str, error: str) -> None:
         await self._execute("mark_lease_failed", lease_id, error)

@@ -110,20 +110,33 @@ WHERE r.mount = $1 AND r.name = $2
 -- delete_role --
 DELETE FROM broker_roles WHERE mount = $1 AND name = $2 RETURNING name
 
--- insert_lease --
+-- insert_leases --
 -- $12: when the sweep takes over if creation never finishes (a crashed creator): the
 -- sooner of the expiry and the creation timeout.
+-- Many leases in one statement (group commit); the arrays are parallel columns, and each
+-- lease's statement lists travel as a JSON array (lists of different lengths).
 INSERT INTO broker_leases
     (lease_id, mount, role_name, connection_name, plugin_name, username,
      revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+SELECT l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
+       ARRAY(SELECT jsonb_array_elements_text(l.revocation::jsonb)),
+       ARRAY(SELECT jsonb_array_elements_text(l.renew::jsonb)),
+       l.issued_at, l.expires_at, l.max_expires_at, l.due_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+            $12::timestamptz[])
+    AS l(lease_id, mount, role_name, connection_name, plugin_name, username, revocation, renew,
+         issued_at, expires_at, max_expires_at, due_at)
 
--- activate_lease --
+-- activate_leases --
 -- Only a lease still 'creating' becomes active: if a revocation claimed it meanwhile, the
--- creator sees no row and must remove the user it just made.
+-- creator sees no row and must remove the user it just made. Group commit: many at once.
 UPDATE broker_leases SET state = 'active', due_at = expires_at
-WHERE lease_id = $1 AND state = 'creating'
+WHERE lease_id = ANY($1::text[]) AND state = 'creating'
 RETURNING lease_id
+
+-- notify_catalog_changed --
+SELECT pg_notify('broker_catalog', '')
 
 -- mark_lease_failed --
 UPDATE broker_leases SET state = 'failed', last_error = $2, revoked_at = now()

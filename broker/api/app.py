@@ -20,6 +20,7 @@ from broker.api.responses import error_response
 from broker.api.routes import DATABASE_ROUTES, SYS_ROUTES
 from broker.api.routing import match, operation_of
 from broker.catalog import Catalog
+from broker.catalog_cache import IssueContextCache
 from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError
 from broker.leases import LeaseManager
@@ -113,12 +114,15 @@ def _services_ctx(
         engines = EngineRegistry()
         scheduler: SweepScheduler | None = None
         services: Services | None = None
+        contexts: IssueContextCache | None = None
         try:
             if settings.apply_migrations:
                 await apply_migrations(pool)
             storage = Storage(pool)
-            leases = LeaseManager(storage, engines, settings)
-            catalog = Catalog(storage, engines, leases, settings)
+            contexts = IssueContextCache(storage)
+            await contexts.start()
+            leases = LeaseManager(storage, engines, settings, contexts)
+            catalog = Catalog(storage, engines, leases, settings, contexts)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
             nodes = NodeRegistry(
@@ -146,6 +150,8 @@ def _services_ctx(
                     if released:
                         log.info("released %d unfinished revocation claim(s)", released)
                     await services.nodes.leave()
+            if contexts is not None:
+                await contexts.close()
             await engines.close()
             await pool.close()
 

@@ -94,3 +94,43 @@ async def test_migrate_is_idempotent(pg_target: PgCluster) -> None:
     first, second = await asyncio.to_thread(migrate), await asyncio.to_thread(migrate)
     assert first.returncode == 0 and "0001_initial, 0002_nodes" in first.stdout
     assert second.returncode == 0 and "none pending" in second.stdout
+
+
+async def test_role_change_on_one_node_reaches_another_nodes_cache(
+    broker: RunningBroker, http_session: aiohttp.ClientSession
+) -> None:
+    """Each node caches roles and connections for issuance; a write on any node reaches
+    every cache (NOTIFY), so no node keeps issuing with an old role."""
+    from tests.support import VaultHTTP, eventually
+
+    settings = broker.settings.replace(listen_address=f"127.0.0.1:{free_port()}")
+    other = await start_server(settings)
+    try:
+        second = VaultHTTP(http_session, f"http://{settings.listen_address}", TOKEN)
+        await broker.http.write(
+            "database/roles/brkt-cache",
+            {
+                "db_name": "pg",
+                "creation_statements": 'CREATE ROLE "{{name}}" LOGIN PASSWORD '
+                "'{{password}}' VALID UNTIL '{{expiration}}'",
+                "default_ttl": 600,
+            },
+        )
+        first_lease = await second.creds("brkt-cache")  # now cached on the second node
+        assert first_lease.body["lease_duration"] == 600
+        await broker.http.write("database/roles/brkt-cache", {"default_ttl": 120})
+
+        async def updated() -> bool:
+            reply = await second.creds("brkt-cache")
+            return bool(reply.body["lease_duration"] == 120)
+
+        await eventually(updated, within=5, interval=0.05)
+        await broker.http.delete("database/roles/brkt-cache")
+
+        async def gone() -> bool:
+            return (await second.read("database/creds/brkt-cache")).status == 400
+
+        await eventually(gone, within=5, interval=0.05)
+    finally:
+        await broker.http.write("sys/leases/revoke-prefix/database/creds/brkt-cache")
+        await other.cleanup()

@@ -1,0 +1,470 @@
+"""The measurements. Each puts the broker beside a baseline taken in the same run: the
+database doing the same work without the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.env import (
+    MARIADB,
+    MYSQL_STATEMENTS,
+    PG_GROUP_STATEMENTS,
+    PG_VAULT_DOC_STATEMENTS,
+    POOL,
+    TOKEN,
+    BenchWorld,
+    Broker,
+    loadgen,
+)
+from broker.engines.registry import EngineRegistry
+from broker.leases import LeaseManager
+from broker.migrations import apply_migrations
+from broker.models import NewLease
+from broker.settings import Settings
+from broker.storage import Storage, create_pool
+
+CONCURRENCY = (1, 8, 32, 64)
+
+
+def _requests(concurrency: int, quick: bool) -> int:
+    return max(10, concurrency * 2) if quick else max(150, concurrency * 12)
+
+
+async def issuance(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """1 and 2: throughput, p50, p99 and errors per concurrency, broker and raw, for the
+    group-role pattern on PostgreSQL, MariaDB, and Vault's per-table GRANT."""
+    storage = await world.new_storage()
+    brokers = await world.start_brokers(storage)
+    levels = CONCURRENCY[:2] if quick else CONCURRENCY
+    out: dict[str, Any] = {"levels": list(levels), "pg": [], "mysql": [], "pg_tables": []}
+    try:
+        url = [brokers[0].address]
+        for c in levels:
+            n = _requests(c, quick)
+            for key, role, raw_spec in (
+                (
+                    "pg",
+                    "pg-group",
+                    {
+                        "mode": "raw_pg",
+                        "statements": PG_GROUP_STATEMENTS,
+                        "target_dsn": world.target_dsn,
+                    },
+                ),
+                (
+                    "mysql",
+                    "mysql",
+                    {"mode": "raw_mysql", "statements": MYSQL_STATEMENTS, "mysql": MARIADB},
+                ),
+            ):
+                via_broker = await loadgen(
+                    {
+                        "mode": "http",
+                        "urls": url,
+                        "token": TOKEN,
+                        "path": f"database/creds/{role}",
+                        "concurrency": c,
+                        "requests": n,
+                    }
+                )
+                await brokers[0].call("PUT", f"sys/leases/revoke-prefix/database/creds/{role}")
+                raw = await loadgen(
+                    {
+                        **raw_spec,
+                        "storage_dsn": storage,
+                        "concurrency": c,
+                        "requests": n,
+                        "pool": POOL,
+                    }
+                )
+                await _drop_raw(world, key, raw.pop("names"))
+                out[key].append(
+                    {
+                        "concurrency": c,
+                        "broker": via_broker,
+                        "raw": raw,
+                        "ratio": _ratio(via_broker, raw),
+                    }
+                )
+            tables = await loadgen(
+                {
+                    "mode": "http",
+                    "urls": url,
+                    "token": TOKEN,
+                    "path": "database/creds/pg-tables",
+                    "concurrency": c,
+                    "requests": n,
+                }
+            )
+            await brokers[0].call("PUT", "sys/leases/revoke-prefix/database/creds/pg-tables")
+            out["pg_tables"].append({"concurrency": c, "broker": tables})
+        # The baseline Vault's statement can have: one at a time (concurrently it fails).
+        serial = await loadgen(
+            {
+                "mode": "raw_pg",
+                "statements": PG_VAULT_DOC_STATEMENTS,
+                "target_dsn": world.target_dsn,
+                "storage_dsn": storage,
+                "concurrency": 1,
+                "requests": _requests(8, quick),
+            }
+        )
+        await world.drop_pg_roles(serial.pop("names"))
+        concurrent = await loadgen(
+            {
+                "mode": "raw_pg",
+                "statements": PG_VAULT_DOC_STATEMENTS,
+                "target_dsn": world.target_dsn,
+                "storage_dsn": storage,
+                "concurrency": 8,
+                "requests": _requests(8, quick),
+            }
+        )
+        await world.drop_pg_roles(concurrent.pop("names"))
+        out["pg_tables_raw_serialised"] = serial
+        out["pg_tables_raw_concurrent_8"] = concurrent
+        for row in out["pg_tables"]:
+            row["ratio_to_serialised"] = round(
+                row["broker"]["throughput"] / max(serial["throughput"], 0.1), 2
+            )
+        # Overhead at concurrency 1: broker p50 minus raw p50.
+        for key in ("pg", "mysql"):
+            first = out[key][0]
+            out[f"{key}_overhead_c1_ms"] = round(
+                first["broker"]["p50_ms"] - first["raw"]["p50_ms"], 2
+            )
+    finally:
+        for broker in brokers:
+            broker.stop()
+    return out
+
+
+def _ratio(broker: dict[str, Any], raw: dict[str, Any]) -> float:
+    return round(float(broker["throughput"]) / max(float(raw["throughput"]), 0.1), 2)
+
+
+async def _drop_raw(world: BenchWorld, key: str, names: list[str]) -> None:
+    if key == "pg":
+        await world.drop_pg_roles(names)
+    else:
+        await world.drop_mysql_users("bench_raw_")
+
+
+async def two_nodes(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """5 (issuance): PostgreSQL issuance at concurrency 32 through two broker processes."""
+    storage = await world.new_storage()
+    brokers = await world.start_brokers(storage, count=2)
+    c = 8 if quick else 32
+    try:
+        result = await loadgen(
+            {
+                "mode": "http",
+                "urls": [b.address for b in brokers],
+                "token": TOKEN,
+                "path": "database/creds/pg-group",
+                "concurrency": c,
+                "requests": _requests(c, quick),
+            }
+        )
+        await brokers[0].call("PUT", "sys/leases/revoke-prefix/database/creds/pg-group")
+    finally:
+        for broker in brokers:
+            broker.stop()
+    return {"concurrency": c, "nodes": 2, "broker": result}
+
+
+async def _seed_roles(world: BenchWorld, names: list[str]) -> None:
+    conn = await asyncpg.connect(world.target_dsn)
+    try:
+        for i in range(0, len(names), 1000):
+            await conn.execute(
+                ";".join(
+                    f'CREATE ROLE "{n}" LOGIN; GRANT broker_demo_readers TO "{n}"'
+                    for n in names[i : i + 1000]
+                )
+            )
+    finally:
+        await conn.close()
+
+
+async def _raw_drop_rate(world: BenchWorld, names: list[str], concurrency: int = 16) -> float:
+    pool = await asyncpg.create_pool(world.target_dsn, min_size=concurrency, max_size=concurrency)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def drop(name: str) -> None:
+        async with sem:
+            await pool.execute(f'DROP ROLE "{name}"')
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(drop(n) for n in names))
+        return float(len(names) / (time.perf_counter() - started))
+    finally:
+        await pool.close()
+
+
+async def storm(world: BenchWorld, quick: bool, nodes: int = 1) -> dict[str, Any]:
+    """3 and 5 (storm): N leases expiring within one second, revoked by the running
+    broker(s) with the default one-second sweep; against plain DROP ROLE of N roles."""
+    n = 500 if quick else 10_000
+    storage = await world.new_storage()
+    brokers = await world.start_brokers(storage, count=nodes)
+    try:
+        raw_names = [f"bench_rawdrop_{i}" for i in range(n)]
+        await _seed_roles(world, raw_names)
+        raw_rate = await _raw_drop_rate(world, raw_names)
+
+        names = [f"bench_storm_{nodes}_{i}" for i in range(n)]
+        await _seed_roles(world, names)
+        first_expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+        leases = [
+            NewLease(
+                f"database/creds/pg-group/storm{nodes}x{i:016d}",
+                "database",
+                "pg-group",
+                "demo",
+                "postgresql-database-plugin",
+                name,
+                (),
+                (),
+                first_expiry - dt.timedelta(hours=1),
+                first_expiry + dt.timedelta(seconds=i / n),
+                first_expiry + dt.timedelta(hours=1),
+            )
+            for i, name in enumerate(names)
+        ]
+        pool = await create_pool(storage, min_size=1, max_size=2)
+        try:
+            await Storage(pool).bulk_insert_leases(leases, "active")
+            timeline: list[tuple[float, int]] = []
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                done = await pool.fetchval(
+                    "SELECT count(*) FROM broker_leases WHERE state = 'revoked'"
+                )
+                since = (dt.datetime.now(dt.UTC) - first_expiry).total_seconds()
+                timeline.append((round(since, 2), int(done)))
+                if done >= n:
+                    break
+                await asyncio.sleep(0.1)
+            rows = await pool.fetch(
+                "SELECT extract(epoch FROM revoked_at - expires_at) AS lag, revoked_at "
+                "FROM broker_leases WHERE state = 'revoked'"
+            )
+        finally:
+            await pool.close()
+        left = await _count_roles(world, f"bench_storm_{nodes}_")
+    finally:
+        for broker in brokers:
+            broker.stop()
+    lags = sorted(float(r["lag"]) for r in rows)
+    all_done = max(r["revoked_at"] for r in rows) if rows else first_expiry
+    seconds = (all_done - first_expiry).total_seconds()
+    rate = n / seconds if seconds > 0 else float("inf")
+    return {
+        "leases": n,
+        "nodes": nodes,
+        "revoked": len(rows),
+        "roles_left": left,
+        "seconds_from_first_expiry_to_all_dropped": round(seconds, 3),
+        "broker_rate_per_s": round(rate, 1),
+        "raw_drop_rate_per_s": round(raw_rate, 1),
+        "ratio_to_raw": round(rate / raw_rate, 2),
+        "lag_p50_s": round(statistics.median(lags), 3) if lags else None,
+        "lag_p99_s": round(lags[int(0.99 * (len(lags) - 1))], 3) if lags else None,
+        "timeline": timeline,
+    }
+
+
+async def _count_roles(world: BenchWorld, prefix: str) -> int:
+    conn = await asyncpg.connect(world.target_dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", prefix
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def scale(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """4: storage holding 1,000,000 lease rows (90 % revoked, 10 % live) against an empty
+    one: broker start-up, RSS, issuance p50 and the latency of a sweep revoking 1,000."""
+    total = 20_000 if quick else 1_000_000
+    out: dict[str, Any] = {"rows": total}
+    for label, rows in (("empty", 0), ("full", total)):
+        storage = await world.new_storage()
+        pool = await create_pool(storage, min_size=1, max_size=4)
+        try:
+            await apply_migrations(pool)
+            if rows:
+                await _fill_leases(pool, rows)
+        finally:
+            await pool.close()
+        broker = Broker(storage)
+        startup = await broker.ready()
+        try:
+            await world.configure(broker)
+            result = await loadgen(
+                {
+                    "mode": "http",
+                    "urls": [broker.address],
+                    "token": TOKEN,
+                    "path": "database/creds/pg-group",
+                    "concurrency": 1,
+                    "requests": 50 if quick else 200,
+                }
+            )
+            await broker.call("PUT", "sys/leases/revoke-prefix/database/creds/pg-group")
+            rss = broker.rss_mb()
+        finally:
+            broker.stop()
+        sweep = await _sweep_latency(world, storage, 100 if quick else 1000)
+        out[label] = {
+            "startup_s": round(startup, 3),
+            "rss_mb": rss,
+            "issuance_p50_ms": result["p50_ms"],
+            "issuance_errors": result["errors"],
+            "sweep_1000_s": sweep,
+        }
+    out["issuance_p50_ratio_full_over_empty"] = round(
+        out["full"]["issuance_p50_ms"] / out["empty"]["issuance_p50_ms"], 3
+    )
+    return out
+
+
+async def _fill_leases(pool: asyncpg.Pool, rows: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    far = now + dt.timedelta(days=30)
+    async with pool.acquire() as conn:
+        # Generated server side: a million Python tuples would measure the bench, not storage.
+        await conn.execute(
+            """
+            INSERT INTO broker_leases (lease_id, mount, role_name, connection_name, plugin_name,
+                username, issued_at, expires_at, max_expires_at, due_at, state, revoked_at)
+            SELECT 'database/creds/old/' || lpad(i::text, 24, '0'), 'database', 'old', 'demo',
+                   'postgresql-database-plugin', 'v_old_' || i, $1::timestamptz,
+                   $2::timestamptz, $2::timestamptz, $2::timestamptz,
+                   CASE WHEN i % 10 = 0 THEN 'active' ELSE 'revoked' END,
+                   CASE WHEN i % 10 = 0 THEN NULL ELSE $1::timestamptz END
+            FROM generate_series(1, $3::int) AS i
+            """,
+            now - dt.timedelta(days=1),
+            far,
+            rows,
+        )
+        await conn.execute("ANALYZE broker_leases")
+
+
+async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
+    """Seconds for one LeaseManager.sweep() that revokes ``n`` due leases."""
+    names = [f"bench_sweep_{os.getpid()}_{i}" for i in range(n)]
+    await _seed_roles(world, names)
+    pool = await create_pool(storage, min_size=1, max_size=4)
+    engines = EngineRegistry()
+    try:
+        store = Storage(pool)
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        await store.bulk_insert_leases(
+            [
+                NewLease(
+                    f"database/creds/pg-group/sweep{i:019d}",
+                    "database",
+                    "pg-group",
+                    "demo",
+                    "postgresql-database-plugin",
+                    name,
+                    (),
+                    (),
+                    past,
+                    past,
+                    past,
+                )
+                for i, name in enumerate(names)
+            ],
+            "active",
+        )
+        manager = LeaseManager(store, engines, Settings(storage_dsn=storage))
+        started = time.perf_counter()
+        result = await manager.sweep()
+        seconds = time.perf_counter() - started
+        if result.revoked != n:
+            raise RuntimeError(f"sweep revoked {result.revoked} of {n}: {result.errors[:3]}")
+        return round(seconds, 3)
+    finally:
+        await engines.close()
+        await pool.close()
+
+
+async def http_parser(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """aiohttp's C parser with the LIST rewrite against its pure-Python parser (the other
+    way to accept LIST), on a cheap path, measured with wrk when installed."""
+    storage = await world.new_storage()
+    results: dict[str, Any] = {"load_generator": "wrk" if shutil.which("wrk") else "aiohttp"}
+    seconds = 2 if quick else 5
+    for label, env in (
+        ("c_parser_with_list_rewrite", {}),
+        ("python_parser", {"AIOHTTP_NO_EXTENSIONS": "1"}),
+    ):
+        broker = Broker(storage, env=env)
+        try:
+            await broker.ready()
+            if label == "c_parser_with_list_rewrite":
+                await world.configure(broker)
+            results[f"{label}_rps"] = await _rps(broker.address, seconds)
+            lists = await loadgen(
+                {
+                    "mode": "http",
+                    "method": "LIST",
+                    "urls": [broker.address],
+                    "token": TOKEN,
+                    "path": "database/roles",
+                    "concurrency": 8,
+                    "requests": 200,
+                }
+            )
+            results[f"{label}_list_errors"] = lists["errors"]
+        finally:
+            broker.stop()
+    results["ratio_c_over_python"] = round(
+        results["c_parser_with_list_rewrite_rps"] / results["python_parser_rps"], 2
+    )
+    return results
+
+
+async def _rps(address: str, seconds: int) -> float:
+    path = f"{address}/v1/auth/token/lookup-self"
+    if shutil.which("wrk"):
+        script = Path("/tmp/broker-bench-token.lua")
+        await asyncio.to_thread(script.write_text, f'wrk.headers["X-Vault-Token"] = "{TOKEN}"\n')
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", str(script), path],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec"))
+        return float(line.split()[1])
+    result = await loadgen(
+        {
+            "mode": "http",
+            "urls": [address],
+            "token": TOKEN,
+            "path": "auth/token/lookup-self",
+            "concurrency": 8,
+            "requests": seconds * 1000,
+        }
+    )
+    return float(result["throughput"])
