@@ -68,10 +68,13 @@ def main() -> int:
     print(json.dumps(results, indent=2, default=str))
     if not args.quick:
         name = f"{meta['date'][:10]}-{meta['commit']}"
+        if args.only:  # a partial run must not overwrite the full run of the same commit
+            name += "-" + "-".join(args.only)
         path = report.write_json(results, name)
         for chart in report.charts(results, name):
             print(f"wrote {chart.relative_to(ROOT)}", file=sys.stderr)
-        report.update_readme(results, path.name)
+        if not args.only:
+            report.update_readme(results, path.name)
         print(f"wrote {path.relative_to(ROOT)} and bench/README.md", file=sys.stderr)
     else:
         print(report.markdown(results, "quick run"), file=sys.stderr)
