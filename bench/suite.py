@@ -49,6 +49,19 @@ async def issuance(world: BenchWorld, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"levels": list(levels), "pg": [], "mysql": [], "pg_tables": []}
     try:
         url = [brokers[0].address]
+        # Warm-up (pools, caches, the target's catalogs), not measured.
+        for role in ("pg-group", "mysql", "pg-tables"):
+            await loadgen(
+                {
+                    "mode": "http",
+                    "urls": url,
+                    "token": TOKEN,
+                    "path": f"database/creds/{role}",
+                    "concurrency": 4,
+                    "requests": 40,
+                }
+            )
+            await brokers[0].call("PUT", f"sys/leases/revoke-prefix/database/creds/{role}")
         for c in levels:
             n = _requests(c, quick)
             for key, role, raw_spec in (
