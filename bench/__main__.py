@@ -71,10 +71,11 @@ def main() -> int:
         if args.only:  # a partial run must not overwrite the full run of the same commit
             name += "-" + "-".join(args.only)
         path = report.write_json(results, name)
-        for chart in report.charts(results, name):
+        charts = report.charts(results, name)
+        for chart in charts:
             print(f"wrote {chart.relative_to(ROOT)}", file=sys.stderr)
         if not args.only:
-            report.update_readme(results, path.name)
+            report.update_readme(results, path.name, charts)
         print(f"wrote {path.relative_to(ROOT)} and bench/README.md", file=sys.stderr)
     else:
         print(report.markdown(results, "quick run"), file=sys.stderr)

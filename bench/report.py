@@ -123,11 +123,13 @@ def markdown(results: dict[str, Any], json_name: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(results: dict[str, Any], json_name: str) -> None:
+def update_readme(results: dict[str, Any], json_name: str, charts: list[Path]) -> None:
     readme = BENCH / "README.md"
     text = readme.read_text()
     start, end = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
-    readme.write_text(text[:start] + "\n" + markdown(results, json_name) + "\n" + text[end:])
+    images = "".join(f"\n![{p.stem}](results/{p.name})\n" for p in charts)
+    body = markdown(results, json_name) + "\n" + images
+    readme.write_text(text[:start] + "\n" + body + text[end:])
 
 
 def charts(results: dict[str, Any], name: str) -> list[Path]:
