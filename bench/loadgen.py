@@ -19,6 +19,7 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -90,35 +91,53 @@ async def http_mode(spec: dict[str, Any]) -> dict[str, Any]:
         return await _drive(spec["concurrency"], spec["requests"], one)
 
 
-async def raw_pg_mode(spec: dict[str, Any]) -> dict[str, Any]:
+def _render(statement: str, name: str) -> str:
+    return (
+        statement.replace("{{name}}", name)
+        .replace("{{password}}", secrets.token_urlsafe(24))
+        .replace("{{expiration}}", "2100-01-01")
+    )
+
+
+async def _raw(
+    spec: dict[str, Any], name_bytes: int, create: Callable[[str], Awaitable[None]]
+) -> dict[str, Any]:
+    """The part of a raw baseline shared by both databases: a lease row INSERT in the
+    storage database, then ``create(name)`` on the target; returns names for clean-up."""
     size = min(spec["concurrency"], spec.get("pool", 16))
-    target = await asyncpg.create_pool(spec["target_dsn"], min_size=size, max_size=size)
     storage = await asyncpg.create_pool(spec["storage_dsn"], min_size=size, max_size=size)
     names: list[str] = []
-    await storage.execute(
-        "CREATE TABLE IF NOT EXISTS bench_raw_leases (id text PRIMARY KEY, "
-        "username text, expires_at timestamptz)"
-    )
     try:
+        await storage.execute(
+            "CREATE TABLE IF NOT EXISTS bench_raw_leases (id text PRIMARY KEY, "
+            "username text, expires_at timestamptz)"
+        )
 
         async def one(_: int) -> None:
-            name = f"bench_raw_{secrets.token_hex(8)}"
+            name = f"bench_raw_{secrets.token_hex(name_bytes)}"
             names.append(name)
             await storage.execute("INSERT INTO bench_raw_leases VALUES ($1, $1, now())", name)
-            script = ";".join(
-                s.replace("{{name}}", name)
-                .replace("{{password}}", secrets.token_urlsafe(24))
-                .replace("{{expiration}}", "2100-01-01")
-                for s in spec["statements"]
-            )
-            await target.execute(script)
+            await create(name)
 
         result = await _drive(spec["concurrency"], spec["requests"], one)
     finally:
-        await target.close()
         await storage.close()
     result["names"] = names
     return result
+
+
+async def raw_pg_mode(spec: dict[str, Any]) -> dict[str, Any]:
+    size = min(spec["concurrency"], spec.get("pool", 16))
+    target = await asyncpg.create_pool(spec["target_dsn"], min_size=size, max_size=size)
+
+    async def create(name: str) -> None:
+        # One implicit transaction, as the broker runs them.
+        await target.execute(";".join(_render(s, name) for s in spec["statements"]))
+
+    try:
+        return await _raw(spec, 8, create)
+    finally:
+        await target.close()
 
 
 async def raw_mysql_mode(spec: dict[str, Any]) -> dict[str, Any]:
@@ -126,33 +145,17 @@ async def raw_mysql_mode(spec: dict[str, Any]) -> dict[str, Any]:
     target = await aiomysql.create_pool(
         minsize=size, maxsize=size, autocommit=True, **spec["mysql"]
     )
-    storage = await asyncpg.create_pool(spec["storage_dsn"], min_size=size, max_size=size)
-    names: list[str] = []
-    await storage.execute(
-        "CREATE TABLE IF NOT EXISTS bench_raw_leases (id text PRIMARY KEY, "
-        "username text, expires_at timestamptz)"
-    )
+
+    async def create(name: str) -> None:
+        async with target.acquire() as conn, conn.cursor() as cur:
+            for statement in spec["statements"]:
+                await cur.execute(_render(statement, name))
+
     try:
-
-        async def one(_: int) -> None:
-            name = f"bench_raw_{secrets.token_hex(6)}"
-            names.append(name)
-            await storage.execute("INSERT INTO bench_raw_leases VALUES ($1, $1, now())", name)
-            async with target.acquire() as conn, conn.cursor() as cur:
-                for statement in spec["statements"]:
-                    await cur.execute(
-                        statement.replace("{{name}}", name).replace(
-                            "{{password}}", secrets.token_urlsafe(24)
-                        )
-                    )
-
-        result = await _drive(spec["concurrency"], spec["requests"], one)
+        return await _raw(spec, 6, create)
     finally:
         target.close()
         await target.wait_closed()
-        await storage.close()
-    result["names"] = names
-    return result
 
 
 MODES = {"http": http_mode, "raw_pg": raw_pg_mode, "raw_mysql": raw_mysql_mode}

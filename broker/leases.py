@@ -36,7 +36,7 @@ from broker.models import ClaimedLease, Connection, Lease, NewLease
 from broker.secrets_gen import generate_password, lease_suffix
 from broker.settings import Settings
 from broker.storage import Storage
-from broker.templates import UsernameTemplate, default_username
+from broker.templates import compiled_template, default_username
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class LeaseManager:
         max_ttl = min(role.max_ttl or self._settings.max_lease_ttl, self._settings.max_lease_ttl)
         ttl = min(role.default_ttl or self._settings.default_lease_ttl, max_ttl)
         if connection.username_template:
-            username = UsernameTemplate(connection.username_template).render(
+            username = compiled_template(connection.username_template).render(
                 display_name, role.name
             )
             if len(username) > engine.username_limit:

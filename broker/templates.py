@@ -7,6 +7,7 @@ the database's length limit forces shortening.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import time
@@ -190,3 +191,9 @@ class UsernameTemplate:
             else:
                 raise InvalidRequest(f"username_template: unsupported function {' '.join(stage)!r}")
         return value
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_template(source: str) -> UsernameTemplate:
+    """A checked template per source text: issuance renders it on every request."""
+    return UsernameTemplate(source)

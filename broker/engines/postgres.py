@@ -7,7 +7,7 @@ import contextlib
 import random
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,6 +82,19 @@ def _is_connection_loss(exc: asyncpg.PostgresError) -> bool:
     """Connection exceptions (08) and operator intervention (57P: shutdown, crash)."""
     state = getattr(exc, "sqlstate", "") or ""
     return state.startswith(("08", "57P"))
+
+
+async def _with_retries(action: Callable[[], Awaitable[object]]) -> None:
+    """Run ``action``, again after a short random pause when it failed only because of
+    concurrent catalog updates (deadlock, serialization, "tuple concurrently updated")."""
+    for attempt in range(_RETRIES):
+        try:
+            await action()
+            return
+        except asyncpg.PostgresError as exc:
+            if not _is_retryable(exc) or attempt == _RETRIES - 1:
+                raise
+            await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -241,14 +254,7 @@ class PostgresEngine:
                 parts.append(_ACL_LOCK)
             parts.append(render(statement, values))
         script = ";\n".join(parts)
-        for attempt in range(_RETRIES):
-            try:
-                await conn.execute(script)
-                return
-            except asyncpg.PostgresError as exc:
-                if not _is_retryable(exc) or attempt == _RETRIES - 1:
-                    raise
-                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        await _with_retries(lambda: conn.execute(script))
 
     # -- DatabaseEngine ---------------------------------------------------------------------
 
@@ -400,14 +406,10 @@ class PostgresEngine:
             f"DROP ROLE IF EXISTS {idents}"
         )
         async with self._connection() as conn:
-            for attempt in range(_RETRIES):
-                try:
-                    await conn.execute(script)
-                    break
-                except asyncpg.PostgresError as exc:
-                    if not _is_retryable(exc) or attempt == _RETRIES - 1:
-                        return False  # e.g. a role owns objects: one by one instead
-                    await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+            try:
+                await _with_retries(lambda: conn.execute(script))
+            except asyncpg.PostgresError:
+                return False  # e.g. a role owns objects: one by one instead
             await conn.execute(_TERMINATE_ORPHANED_SESSIONS)
         return True
 

@@ -341,16 +341,32 @@ async def target_outage(
     seconds: float = 10, outage: float = 4, concurrency: int = 8, seed: int = 2
 ) -> dict[str, Any]:
     """Scenario 2: the PostgreSQL target stops for ``outage`` seconds during load."""
+    return await _outage("target outage", "target", seconds, outage, concurrency, seed)
+
+
+async def storage_restart(
+    seconds: float = 10, outage: float = 3, concurrency: int = 8, seed: int = 3
+) -> dict[str, Any]:
+    """Scenario 3: the storage PostgreSQL stops abruptly and comes back during load."""
+    return await _outage("storage restart", "storage", seconds, outage, concurrency, seed)
+
+
+async def _outage(
+    scenario: str, which: str, seconds: float, outage: float, concurrency: int, seed: int
+) -> dict[str, Any]:
+    """Load on two nodes; a third of the way in, one cluster (``which``: the target or the
+    storage) stops abruptly for ``outage`` seconds and restarts."""
     rng = random.Random(seed)
     world = World(nodes=2)
     await world.open()
+    cluster = world.target if which == "target" else world.storage
     try:
 
         async def outage_window() -> float:
             await asyncio.sleep(seconds / 3)
-            await asyncio.to_thread(world.target.pause)
+            await asyncio.to_thread(cluster.pause)
             await asyncio.sleep(outage)
-            await asyncio.to_thread(world.target.resume)
+            await asyncio.to_thread(cluster.resume)
             return time.monotonic()
 
         load, back_at = await asyncio.gather(
@@ -363,7 +379,7 @@ async def target_outage(
     finally:
         codes = await world.close()
     return {
-        "scenario": "target outage",
+        "scenario": scenario,
         "seconds": seconds,
         "outage_seconds": outage,
         "seed": seed,
@@ -371,39 +387,6 @@ async def target_outage(
         "refused_503": load.refused,
         "unexpected": load.other[:5],
         "drained_seconds_after_return": drain_seconds,
-        **figures,
-        "exit_codes": codes,
-    }
-
-
-async def storage_restart(
-    seconds: float = 10, outage: float = 3, concurrency: int = 8, seed: int = 3
-) -> dict[str, Any]:
-    """Scenario 3: the storage PostgreSQL stops abruptly and comes back during load."""
-    rng = random.Random(seed)
-    world = World(nodes=2)
-    await world.open()
-    try:
-
-        async def restart() -> None:
-            await asyncio.sleep(seconds / 3)
-            await asyncio.to_thread(world.storage.pause)
-            await asyncio.sleep(outage)
-            await asyncio.to_thread(world.storage.resume)
-
-        load, _ = await asyncio.gather(drive_load(world, seconds, concurrency, rng), restart())
-        await asyncio.sleep(SETTLE)
-        figures = await world.figures()
-    finally:
-        codes = await world.close()
-    return {
-        "scenario": "storage restart",
-        "seconds": seconds,
-        "outage_seconds": outage,
-        "seed": seed,
-        "issued": load.issued,
-        "refused_503": load.refused,
-        "unexpected": load.other[:5],
         **figures,
         "exit_codes": codes,
     }
