@@ -32,7 +32,8 @@ from broker.exceptions import (
     TargetUnreachable,
 )
 from broker.faults import crash_point
-from broker.models import ClaimedLease, Connection, Lease, NewLease
+from broker.metrics import Metrics
+from broker.models import ClaimedLease, Connection, Lease, NewLease, Role
 from broker.secrets_gen import generate_password, lease_suffix
 from broker.settings import Settings
 from broker.storage import Storage
@@ -87,7 +88,9 @@ class LeaseManager:
         engines: EngineRegistry,
         settings: Settings,
         contexts: IssueContextCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._storage = storage
         self._engines = engines
         self._settings = settings
@@ -108,6 +111,7 @@ class LeaseManager:
         return connection
 
     async def issue(self, mount: str, role_name: str, display_name: str) -> IssuedCredentials:
+        started = time.perf_counter()
         context = await (
             self._contexts.get(mount, role_name)
             if self._contexts is not None
@@ -123,7 +127,26 @@ class LeaseManager:
                 f"{role.name!r} is not an allowed role of connection {connection.name!r}"
             )
         engine = self._engines.get(connection)
+        try:
+            issued = await self._issue(engine, role, connection, display_name)
+        except BaseException as exc:
+            if self._metrics is not None:  # labels only once the role is known: bounded
+                self._metrics.issue_failed.labels(
+                    mount, role.name, connection.plugin_name, type(exc).__name__
+                ).inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.issued.labels(mount, role.name, connection.plugin_name).inc()
+            self._metrics.issue_seconds.labels(mount, connection.plugin_name).observe(
+                time.perf_counter() - started
+            )
+        return issued
 
+    async def _issue(
+        self, engine: DatabaseEngine, role: Role, connection: Connection, display_name: str
+    ) -> IssuedCredentials:
+        """Lease row committed, then the user, then activation: the crash-safe sequence."""
+        mount = role.mount
         max_ttl = min(role.max_ttl or self._settings.max_lease_ttl, self._settings.max_lease_ttl)
         ttl = min(role.default_ttl or self._settings.default_lease_ttl, max_ttl)
         if connection.username_template:
@@ -301,6 +324,8 @@ class LeaseManager:
                 if len(claimed) < self._settings.sweep_batch_size:
                     break
         result.seconds = time.monotonic() - started
+        if self._metrics is not None:
+            self._metrics.sweep_seconds.observe(result.seconds)
         return result
 
     async def wait_for_sweep(self, grace_seconds: float) -> None:
@@ -372,6 +397,12 @@ class LeaseManager:
     ) -> str | None:
         """A failure is rescheduled with backoff now; a success joins ``finished`` (or is
         rechecked later, for a lease claimed while still being created)."""
+        if self._metrics is not None:
+            outcome = "failed" if error is not None else "revoked"
+            self._metrics.revocations.labels(lease.plugin_name, outcome).inc()
+            lag = (_now() - lease.expires_at).total_seconds()
+            if error is None and lag >= 0:  # expiry-driven, not an early explicit revoke
+                self._metrics.revocation_lag.labels(lease.plugin_name).observe(lag)
         if error is not None:
             delay = backoff_seconds(lease.attempts, self._settings.revoke_backoff_max)
             log.warning(

@@ -87,6 +87,7 @@ class ClaimedLease:
     username: str
     revocation_statements: tuple[str, ...]
     issued_at: dt.datetime
+    expires_at: dt.datetime
     attempts: int
     prior_state: str
 

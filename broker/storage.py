@@ -325,6 +325,13 @@ class Storage:
     async def list_all_connections(self) -> list[Connection]:
         return [_record(Connection, row) for row in await self._fetch("list_all_connections")]
 
+    async def lease_counts(self) -> list[tuple[str, str, str, int]]:
+        rows = await self._fetch("lease_counts")
+        return [(r["state"], r["mount"], r["role_name"], r["n"]) for r in rows]
+
+    async def sweep_backlog(self) -> int:
+        return int(await self._fetchval("sweep_backlog"))
+
     # -- nodes ----------------------------------------------------------------------------
 
     async def heartbeat(self, node_id: str, api_address: str, version: str) -> None:

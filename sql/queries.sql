@@ -173,7 +173,8 @@ SET state = 'revoking', due_at = now() + make_interval(secs => $2), attempts = l
 FROM due
 WHERE l.lease_id = due.lease_id
 RETURNING l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
-          l.revocation_statements, l.issued_at, l.attempts, due.state AS prior_state
+          l.revocation_statements, l.issued_at, l.expires_at, l.attempts,
+          due.state AS prior_state
 
 -- make_leases_due --
 -- Revocation by id or prefix: every live lease under the pattern becomes due now, so the
@@ -262,3 +263,13 @@ ORDER BY started_at, node_id
 SELECT mount, name, plugin_name, connection_url, username, password, allowed_roles,
        username_template, verify_connection, options, version
 FROM broker_connections ORDER BY mount, name
+
+-- lease_counts --
+-- Live leases by state, mount and role, for the metrics gauges (through the partial index).
+SELECT state, mount, role_name, count(*) AS n FROM broker_leases
+WHERE state IN ('creating', 'active', 'revoking')
+GROUP BY state, mount, role_name
+
+-- sweep_backlog --
+SELECT count(*) FROM broker_leases
+WHERE state IN ('creating', 'active', 'revoking') AND due_at <= now()

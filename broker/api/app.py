@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -24,6 +25,7 @@ from broker.catalog_cache import IssueContextCache
 from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError
 from broker.leases import LeaseManager
+from broker.metrics import Metrics
 from broker.migrations import apply_migrations
 from broker.nodes import NodeIdentity, NodeRegistry
 from broker.reconcile import Reconciler
@@ -33,6 +35,8 @@ from broker.storage import Storage, create_pool
 
 log = logging.getLogger(__name__)
 ROOT_DISPLAY_NAME = "root"
+#: The matched route's template, for the HTTP metrics.
+ROUTE_KEY = web.RequestKey("broker.route", str)
 
 
 def _token_of(request: web.Request) -> str:
@@ -60,6 +64,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if found is None:
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args = found
+    request[ROUTE_KEY] = f":mount/{target.template}" if mount else target.template
     token = _token_of(request)
     if target.authenticated and not services.settings.token_is_root(token):
         return error_response(403, ["permission denied"])
@@ -76,6 +81,20 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         display_name=ROOT_DISPLAY_NAME,
     )
     return await handler(ctx)
+
+
+@web.middleware
+async def request_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count and time every request by route template (never the raw path: unbounded)."""
+    started = time.perf_counter()
+    response = await handler(request)
+    route_name = request.get(ROUTE_KEY) or "unmatched"
+    metrics = request.app[SERVICES].metrics
+    metrics.http_requests.labels(route_name, request.method, str(response.status)).inc()
+    metrics.http_seconds.labels(route_name).observe(time.perf_counter() - started)
+    return response
 
 
 @web.middleware
@@ -100,7 +119,9 @@ async def vault_errors(
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[vault_errors], client_max_size=settings.max_request_bytes)
+    app = web.Application(
+        middlewares=[request_metrics, vault_errors], client_max_size=settings.max_request_bytes
+    )
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_services_ctx(settings))
     return app
@@ -121,7 +142,8 @@ def _services_ctx(
             storage = Storage(pool)
             contexts = IssueContextCache(storage)
             await contexts.start()
-            leases = LeaseManager(storage, engines, settings, contexts)
+            metrics = Metrics()
+            leases = LeaseManager(storage, engines, settings, contexts, metrics)
             catalog = Catalog(storage, engines, leases, settings, contexts)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
@@ -129,7 +151,9 @@ def _services_ctx(
                 storage, NodeIdentity.from_settings(settings), settings.heartbeat_interval
             )
             reconciler = Reconciler(storage, engines)
-            services = Services(settings, storage, catalog, leases, scheduler, nodes, reconciler)
+            services = Services(
+                settings, storage, catalog, leases, scheduler, nodes, reconciler, engines, metrics
+            )
             app[SERVICES] = services
             await nodes.heartbeat()
             scheduler.add_periodic("heartbeat", nodes.heartbeat, settings.heartbeat_interval)

@@ -8,7 +8,9 @@ from aiohttp import web
 
 from broker.api.params import Params
 from broker.catalog import Catalog
+from broker.engines.registry import EngineRegistry
 from broker.leases import LeaseManager
+from broker.metrics import Metrics
 from broker.nodes import NodeRegistry
 from broker.reconcile import Reconciler
 from broker.scheduler import SweepScheduler
@@ -25,6 +27,8 @@ class Services:
     scheduler: SweepScheduler
     nodes: NodeRegistry
     reconciler: Reconciler
+    engines: EngineRegistry
+    metrics: Metrics
 
 
 SERVICES = web.AppKey("services", Services)

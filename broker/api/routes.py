@@ -9,6 +9,7 @@ from broker.api import (
     database_roles,
     sys_health,
     sys_leases,
+    sys_metrics,
     sys_mounts,
 )
 from broker.api.routing import Route, route
@@ -18,6 +19,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"auth/token/lookup-self", read=auth_token.lookup_self),
     route(r"sys/health", authenticated=False, read=sys_health.read_health),
     route(r"sys/ha-status", read=sys_health.read_ha_status),
+    route(r"sys/metrics", read=sys_metrics.read_metrics),
     route(r"sys/leases/count", read=sys_leases.count_failing),
     route(r"sys/leases", read=sys_leases.list_failing),
     route(r"sys/mounts/?", read=sys_mounts.list_mounts),

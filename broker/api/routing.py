@@ -34,6 +34,14 @@ class Route:
     pattern: re.Pattern[str]
     handlers: Mapping[Operation, Handler]
     authenticated: bool = True
+    #: The path with ``:name`` for each variable part: a bounded metrics label.
+    template: str = ""
+
+
+def path_template(pattern: str) -> str:
+    """``roles/(?P<name>[^/]+)`` -> ``roles/:name``; optional parts are kept."""
+    text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r":\1", pattern)
+    return text.replace("(?:", "").replace(")?", "").replace("/?", "")
 
 
 def route(pattern: str, authenticated: bool = True, **handlers: Handler) -> Route:
@@ -41,6 +49,7 @@ def route(pattern: str, authenticated: bool = True, **handlers: Handler) -> Rout
         re.compile(pattern + r"\Z"),
         {Operation(op): fn for op, fn in handlers.items()},
         authenticated,
+        path_template(pattern),
     )
 
 

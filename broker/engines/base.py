@@ -86,6 +86,10 @@ class DatabaseEngine(Protocol):
         """Names of the users on the server that start with ``prefix`` (for reconciliation)."""
         ...
 
+    def pool_stats(self) -> dict[str, int]:
+        """Connections of the pool: ``in_use``, ``idle`` and ``max``."""
+        ...
+
     async def close(self) -> None:
         """Close the connection pool, waiting for operations in flight."""
 

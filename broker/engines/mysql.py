@@ -354,6 +354,13 @@ class MySQLEngine:
                 results.append(exc.message)
         return results
 
+    def pool_stats(self) -> dict[str, int]:
+        pool = self._pool
+        if pool is None:
+            return {"in_use": 0, "idle": 0, "max": self._max_size}
+        size, idle = int(pool.size), int(pool.freesize)
+        return {"in_use": size - idle, "idle": idle, "max": int(pool.maxsize)}
+
     async def list_users(self, prefix: str) -> list[str]:
         async with self._cursor() as cur:
             await cur.execute(

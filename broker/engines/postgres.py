@@ -445,6 +445,13 @@ class PostgresEngine:
             finally:
                 await other.close()
 
+    def pool_stats(self) -> dict[str, int]:
+        pool = self._pool
+        if pool is None:
+            return {"in_use": 0, "idle": 0, "max": self._max_size}
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return {"in_use": size - idle, "idle": idle, "max": pool.get_max_size()}
+
     async def list_users(self, prefix: str) -> list[str]:
         async with self._connection() as conn:
             rows = await conn.fetch(

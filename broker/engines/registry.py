@@ -60,6 +60,10 @@ class EngineRegistry:
             self._close_later(cached[1])
         return engine
 
+    def pool_stats(self) -> list[tuple[str, str, dict[str, int]]]:
+        """(mount, connection, stats) for every engine this node has built."""
+        return [(m, n, engine.pool_stats()) for (m, n), (_, engine) in self._engines.items()]
+
     def forget(self, mount: str, name: str | None = None) -> None:
         for key in [k for k in self._engines if k[0] == mount and name in (None, k[1])]:
             self._close_later(self._engines.pop(key)[1])
