@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import logging
 import os
 import shlex
 import signal
@@ -15,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from broker import logs
 from broker.client import BrokerClient, ClientError
 from broker.settings import Settings
 
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         "--dev-storage-dsn",
         default="",
         help="keep dev state in this PostgreSQL instead of an embedded one",
+    )
+    server.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    server.add_argument(
+        "--log-format", choices=("text", "json"), help="one line per event (default: text)"
     )
 
     for name, text in (
@@ -105,9 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure("INFO", "text")
     try:
         if args.command == "server":
             with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
@@ -172,6 +174,7 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = _stop_on_signal()
     if not args.dev:
         settings = _settings(args.config)
+        logs.configure(args.log_level or settings.log_level, args.log_format or settings.log_format)
         runner = await start_server(settings)
         print(f"broker listening on {settings.listen_address}", flush=True)
         try:
@@ -182,6 +185,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     embedded: EmbeddedPostgres | None = None
     settings = Settings.load(args.config) if args.config else Settings()
+    logs.configure(args.log_level or settings.log_level, args.log_format or settings.log_format)
     root_token = args.dev_root_token_id or token()
     try:
         if args.dev_storage_dsn:

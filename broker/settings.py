@@ -51,6 +51,7 @@ class Settings:
     storage_pool_size: int = 10
     apply_migrations: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def token_is_root(self, token: str) -> bool:
         if not token:

@@ -5,6 +5,7 @@ here, thrown away at the end), the machine's MariaDB, and a broker serving on a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ import pytest
 
 from broker.api.app import start_server
 from broker.embedded import EmbeddedPostgres, free_port
+from broker.logs import JsonFormatter, RequestIdFilter
 from broker.settings import Settings
-from tests.support import MARIADB, VaultHTTP, mysql_admin
+from tests.support import ISSUED_PASSWORDS, MARIADB, VaultHTTP, mysql_admin
 
 TOKEN = "test-root-" + secrets.token_hex(8)
 MYSQL_APP_DB = "broker_test_app"
@@ -32,6 +34,37 @@ MYSQL_READONLY = (
     "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; "
     f"GRANT SELECT ON {MYSQL_APP_DB}.* TO '{{{{name}}}}'@'%';"
 )
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_password_in_logs() -> Iterator[_LogCapture]:
+    """Every log line the in-process brokers write during the whole run, at DEBUG, is
+    scanned at the end for every password the tests were issued."""
+    capture = _LogCapture()
+    capture.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(previous)
+    text = "\n".join(capture.lines)
+    assert ISSUED_PASSWORDS, "no password was issued: the scan would prove nothing"
+    leaked = sum(1 for password in ISSUED_PASSWORDS if password in text)
+    assert leaked == 0, f"{leaked} issued password(s) found in the logs"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import aiomysql
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every password a test was issued: the session checks that none reached a log line.
+ISSUED_PASSWORDS: set[str] = set()
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
@@ -87,6 +89,7 @@ class VaultHTTP:
     async def creds(self, role: str, mount: str = "database") -> Reply:
         reply = await self.read(f"{mount}/creds/{role}")
         assert reply.status == 200, reply.body
+        ISSUED_PASSWORDS.add(reply.data["password"])
         return reply
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -25,6 +26,7 @@ from broker.catalog_cache import IssueContextCache
 from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError
 from broker.leases import LeaseManager
+from broker.logs import REQUEST_ID
 from broker.metrics import Metrics
 from broker.migrations import apply_migrations
 from broker.nodes import NodeIdentity, NodeRegistry
@@ -34,6 +36,8 @@ from broker.settings import Settings
 from broker.storage import Storage, create_pool
 
 log = logging.getLogger(__name__)
+#: One line per request; paths hold role names and lease ids, never a secret.
+access_log = logging.getLogger("broker.access")
 ROOT_DISPLAY_NAME = "root"
 #: The matched route's template, for the HTTP metrics.
 ROUTE_KEY = web.RequestKey("broker.route", str)
@@ -84,16 +88,34 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def request_metrics(
+async def request_context(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Count and time every request by route template (never the raw path: unbounded)."""
+    """Give the request an id (logs, ``X-Request-Id``, the body's ``request_id``); count,
+    time and log it by route template (never the raw path as a label: unbounded)."""
+    request_id = str(uuid.uuid4())
+    REQUEST_ID.set(request_id)
     started = time.perf_counter()
     response = await handler(request)
+    elapsed = time.perf_counter() - started
+    response.headers["X-Request-Id"] = request_id
     route_name = request.get(ROUTE_KEY) or "unmatched"
     metrics = request.app[SERVICES].metrics
     metrics.http_requests.labels(route_name, request.method, str(response.status)).inc()
-    metrics.http_seconds.labels(route_name).observe(time.perf_counter() - started)
+    metrics.http_seconds.labels(route_name).observe(elapsed)
+    access_log.info(
+        "%s %s %d",
+        request.method,
+        request.path,
+        response.status,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "route": route_name,
+            "status": response.status,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
     return response
 
 
@@ -120,7 +142,7 @@ async def vault_errors(
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_metrics, vault_errors], client_max_size=settings.max_request_bytes
+        middlewares=[request_context, vault_errors], client_max_size=settings.max_request_bytes
     )
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_services_ctx(settings))

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.logs import REQUEST_ID
+
 # Exactly this: hvac ignores the error list when a charset is appended.
 _JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
@@ -34,7 +36,7 @@ def vault_response(
     """Vault's envelope. ``top_level`` copies ``data`` keys beside it, as Vault does for
     ``sys/`` paths (hvac reads some of them there)."""
     body: dict[str, Any] = {
-        "request_id": str(uuid.uuid4()),
+        "request_id": REQUEST_ID.get() or str(uuid.uuid4()),
         "lease_id": lease_id,
         "renewable": renewable,
         "lease_duration": lease_duration,
