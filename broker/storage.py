@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from broker import sql
-from broker.exceptions import StorageUnavailable
+from broker.exceptions import InvalidRequest, StorageUnavailable
 from broker.models import ClaimedLease, Connection, Lease, Mount, NewLease, Role
 
 _T = TypeVar("_T")
@@ -81,6 +81,9 @@ class Storage:
     async def _translate(self) -> AsyncIterator[None]:
         try:
             yield
+        except asyncpg.DataError as exc:
+            # Class 22 (invalid text, out of range, bad encoding): the input, not storage.
+            raise InvalidRequest(f"invalid input: {exc}") from exc
         except _DRIVER_ERRORS as exc:
             raise StorageUnavailable(f"storage error: {type(exc).__name__}: {exc}") from exc
 

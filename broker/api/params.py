@@ -25,6 +25,9 @@ class Params:
             raw = await request.read()
             if raw.strip():
                 values.update(_parse_body(raw, request.content_type))
+        if _has_nul(values) or "\x00" in request.path:
+            # PostgreSQL text cannot hold NUL; refuse it here, before anything is touched.
+            raise InvalidRequest("parameters must not contain NUL characters")
         return cls(values)
 
     def has(self, name: str) -> bool:
@@ -115,3 +118,13 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("failed to parse JSON input: expected an object")
     return body
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

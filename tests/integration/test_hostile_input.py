@@ -1,0 +1,105 @@
+"""Every endpoint, fed values of the wrong type and hostile strings: a clear 4xx with
+Vault's error body (or success), never a 5xx or a traceback."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tests.conftest import RunningBroker
+
+NASTY: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63,
+    1.5,
+    float("-1e308"),
+    "",
+    " ",
+    "x" * 5000,
+    "1h30x",
+    "-5s",
+    "💥",
+    "\x00",
+    "'; DROP TABLE broker_leases; --",
+    "{{password}}",
+    "{{name",
+    "%s%n",
+    "../../etc/passwd",
+    [],
+    [1, 2],
+    ["a", None],
+    {},
+    {"a": {"b": []}},
+]
+FIELDS: dict[str, list[str]] = {
+    "sys/mounts/fuzz{n}": ["type", "description", "config"],
+    "database/config/fuzz{n}": [
+        "plugin_name",
+        "connection_url",
+        "username",
+        "password",
+        "allowed_roles",
+        "verify_connection",
+        "username_template",
+        "max_open_connections",
+        "connect_timeout",
+        "expiry_event",
+        "expiry_event_schema",
+    ],
+    "database/roles/fuzz{n}": [
+        "db_name",
+        "creation_statements",
+        "revocation_statements",
+        "rollback_statements",
+        "renew_statements",
+        "default_ttl",
+        "max_ttl",
+    ],
+    "sys/leases/lookup": ["lease_id"],
+    "sys/leases/renew": ["lease_id", "increment"],
+    "sys/leases/revoke": ["lease_id", "sync"],
+}
+PATHS = [
+    "database/creds/{x}",
+    "database/roles/{x}",
+    "database/config/{x}",
+    "sys/mounts/{x}",
+    "sys/leases/lookup/{x}",
+    "sys/leases/revoke-prefix/{x}",
+    "sys/leases/revoke/{x}",
+]
+
+
+async def test_hostile_bodies_and_paths_never_5xx(broker: RunningBroker) -> None:
+    rng = random.Random(7)
+    http = broker.http
+    seen: list[tuple[int, str, Any]] = []
+    for n in range(120):
+        path, fields = rng.choice(list(FIELDS.items()))
+        body = {
+            field: rng.choice(NASTY) for field in rng.sample(fields, rng.randint(1, len(fields)))
+        }
+        if rng.random() < 0.3:
+            body[rng.choice(["unknown", "🙂", ""])] = rng.choice(NASTY)
+        method = rng.choice(["PUT", "POST"])
+        reply = await http.call(method, path.format(n=n), body)
+        seen.append((reply.status, path, body))
+        assert reply.status < 500, (reply.status, path, body, reply.body)
+        if reply.status >= 400:
+            assert isinstance(reply.body.get("errors"), list), reply.body
+            assert "Traceback" not in str(reply.body)
+    for template in PATHS:
+        for value in ["%00", "..", "a/b/c", "x" * 300, "%F0%9F%92%A5", "'--", "{{name}}"]:
+            for method in ("GET", "LIST", "PUT", "DELETE"):
+                reply = await http.call(method, template.format(x=value))
+                assert reply.status < 500, (method, template, value, reply.body)
+    # Clean up whatever the valid combinations created.
+    for n in range(120):
+        await http.delete(f"database/roles/fuzz{n}")
+        await http.delete(f"database/config/fuzz{n}")
+        await http.delete(f"sys/mounts/fuzz{n}")
+    assert any(status < 300 for status, _, _ in seen) or seen
