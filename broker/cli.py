@@ -81,7 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     creds.add_argument("role")
     creds.add_argument("--mount", default="database")
-    creds.add_argument("--format", choices=("table", "json", "env", "dsn"), default="table")
+    creds.add_argument(
+        "--format", choices=("table", "json", "env", "dsn", "pgpass"), default="table"
+    )
+
+    exec_ = sub.add_parser(
+        "exec",
+        help="run a command with a fresh login in its environment; revoke it when it exits",
+        description="Example: broker exec readonly -- psql -c 'select 1'. Sets PG*/MYSQL_* "
+        "and DATABASE_URL, renews the lease while the command runs, forwards signals, and "
+        "exits with the command's status.",
+    )
+    exec_.add_argument("role")
+    exec_.add_argument("--mount", default="database")
+    exec_.add_argument(
+        "command_argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run"
+    )
+    connect = sub.add_parser(
+        "connect",
+        help="open psql or mysql with a fresh login, revoked when the session ends",
+        description="Example: broker connect readonly (arguments after -- go to the client)",
+    )
+    connect.add_argument("role")
+    connect.add_argument("--mount", default="database")
+    connect.add_argument("client_args", nargs=argparse.REMAINDER, help="-- ARGS for psql/mysql")
 
     lease = sub.add_parser(
         "lease",
@@ -124,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return _creds(args)
         if args.command == "lease":
             return _lease(args)
+        if args.command in ("exec", "connect"):
+            return _exec(args)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -294,33 +319,8 @@ async def _reconcile(args: argparse.Namespace) -> int:
 # -- client commands -----------------------------------------------------------------------
 
 
-def _connection_of(client: BrokerClient, mount: str, role: str) -> dict[str, str]:
-    """Host, port, database and engine kind of the role's connection, for --format env/dsn."""
-    from broker.engines.mysql import parse_connection_url as parse_mysql
-    from broker.engines.postgres import parse_connection_url as parse_postgres
-
-    db_name = client.request("GET", f"{mount}/roles/{role}")["data"]["db_name"]
-    data = client.request("GET", f"{mount}/config/{db_name}")["data"]
-    url = data["connection_details"]["connection_url"]
-    if data["plugin_name"].startswith("postgresql"):
-        params = parse_postgres(url)
-        return {
-            "kind": "postgresql",
-            "host": params.get("host", "127.0.0.1"),
-            "port": params.get("port", "5432"),
-            "database": params.get("dbname", "postgres"),
-        }
-    fields = parse_mysql(url)
-    return {
-        "kind": "mysql",
-        "host": fields.get("host", "127.0.0.1"),
-        "port": fields.get("port", "3306"),
-        "database": fields.get("db", ""),
-    }
-
-
 def _creds(args: argparse.Namespace) -> int:
-    import urllib.parse
+    from broker import session_env
 
     client = BrokerClient.from_env()
     response = client.request("GET", f"{args.mount}/creds/{args.role}")
@@ -351,33 +351,37 @@ def _creds(args: argparse.Namespace) -> int:
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
         return 0
-    conn = _connection_of(client, args.mount, args.role)
-    quoted = (urllib.parse.quote(username, safe=""), urllib.parse.quote(password, safe=""))
-    host = conn["host"] if not conn["host"].startswith("/") else "localhost"
-    dsn = f"{conn['kind']}://{quoted[0]}:{quoted[1]}@{host}:{conn['port']}/{conn['database']}"
+    endpoint = session_env.endpoint_of(client, args.mount, args.role)
     if args.format == "dsn":
-        print(dsn)
-        return 0
-    if conn["kind"] == "postgresql":
-        env = {
-            "PGHOST": conn["host"],
-            "PGPORT": conn["port"],
-            "PGDATABASE": conn["database"],
-            "PGUSER": username,
-            "PGPASSWORD": password,
-        }
+        print(session_env.database_url(endpoint, username, password))
+    elif args.format == "pgpass":
+        print(session_env.pgpass_line(endpoint, username, password))
     else:
-        env = {
-            "MYSQL_HOST": conn["host"],
-            "MYSQL_TCP_PORT": conn["port"],
-            "MYSQL_DATABASE": conn["database"],
-            "MYSQL_USER": username,
-            "MYSQL_PWD": password,
-        }
-    env["DATABASE_URL"] = dsn
-    env["BROKER_LEASE_ID"] = response["lease_id"]
-    print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+        env = session_env.environment(endpoint, username, password)
+        env["BROKER_LEASE_ID"] = response["lease_id"]
+        print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
     return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from broker.exec_session import run_with_credentials
+
+    def strip(argv: list[str]) -> list[str]:
+        return argv[1:] if argv[:1] == ["--"] else argv
+
+    if args.command == "exec":
+        argv = strip(args.command_argv)
+        if not argv:
+            print("error: give the command after --", file=sys.stderr)
+            return 2
+        return asyncio.run(
+            run_with_credentials(BrokerClient.from_env(), args.mount, args.role, argv, [])
+        )
+    return asyncio.run(
+        run_with_credentials(
+            BrokerClient.from_env(), args.mount, args.role, None, strip(args.client_args)
+        )
+    )
 
 
 def _lease(args: argparse.Namespace) -> int:
