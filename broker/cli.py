@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "json", "env", "dsn", "pgpass"), default="table"
     )
 
+    login = sub.add_parser(
+        "login",
+        help="check a token and keep it in ~/.broker-token (mode 0600)",
+        description="Example: broker login (the token is read from the prompt, not argv)",
+    )
+    login.add_argument("token", nargs="?", help="better omitted: argv shows up in ps")
+    sub.add_parser(
+        "status",
+        help="the server's health, node and peers",
+        description="Example: BROKER_ADDR=https://broker:8200 broker status",
+    )
+
     exec_ = sub.add_parser(
         "exec",
         help="run a command with a fresh login in its environment; revoke it when it exits",
@@ -149,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             return _lease(args)
         if args.command in ("exec", "connect"):
             return _exec(args)
+        if args.command == "login":
+            return _login(args)
+        if args.command == "status":
+            return _status()
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -360,6 +376,42 @@ def _creds(args: argparse.Namespace) -> int:
         env = session_env.environment(endpoint, username, password)
         env["BROKER_LEASE_ID"] = response["lease_id"]
         print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    import getpass
+
+    from broker.client import save_token
+
+    token = args.token or getpass.getpass("Token (will be hidden): ").strip()
+    client = BrokerClient(BrokerClient.from_env().address, token)
+    data = client.request("GET", "auth/token/lookup-self")["data"]
+    path = save_token(token)
+    print(
+        f"logged in as {data['display_name']} (policies: {', '.join(data['policies'])}); "
+        f"token kept in {path}"
+    )
+    return 0
+
+
+def _status() -> int:
+    client = BrokerClient.from_env()
+    health = client.request("GET", "sys/health")
+    rows = [
+        ("address", client.address),
+        ("version", health["version"]),
+        ("sealed", str(health["sealed"]).lower()),
+        ("node", health["node_id"]),
+        ("storage", health["storage"]),
+    ]
+    try:
+        nodes = client.request("GET", "sys/ha-status")["data"]["nodes"]
+        rows.append(("nodes", ", ".join(n["node_id"] for n in nodes)))
+    except ClientError:
+        pass  # needs a token; health does not
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
     return 0
 
 

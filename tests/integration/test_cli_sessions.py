@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import PG_READONLY, PgCluster, RunningBroker
 from tests.support import ROOT, eventually, mysql_user_exists, pg_role_exists
@@ -137,3 +138,32 @@ async def test_creds_pgpass_format(broker: RunningBroker, pg_target: PgCluster) 
     host, port, database, user, password = out.stdout.strip().split(":")
     assert (host, port, database) == ("127.0.0.1", str(pg_target.server.port), "app")
     assert user.startswith("v_root_") and len(password) >= 20
+
+
+async def test_login_keeps_token_0600_and_status_uses_it(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("VAULT_TOKEN", "BROKER_TOKEN")}
+    env.update(HOME=str(tmp_path), VAULT_ADDR=broker.address)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broker", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    refused = await asyncio.to_thread(run, "login", "not-the-token")
+    assert refused.returncode == 2 and not (tmp_path / ".broker-token").exists()
+    done = await asyncio.to_thread(run, "login", broker.http.token)
+    assert done.returncode == 0, done.stderr
+    token_file = tmp_path / ".broker-token"
+    assert token_file.read_text().strip() == broker.http.token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    status = await asyncio.to_thread(run, "status")
+    assert status.returncode == 0, status.stderr
+    assert "storage  ok" in status.stdout and "nodes" in status.stdout
