@@ -27,7 +27,7 @@ EPILOG = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="broker",
         description="Short-lived database logins behind Vault's HTTP API.",
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logs.configure("INFO", "text")
     try:
         if args.command == "server":
