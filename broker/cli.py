@@ -232,6 +232,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.dev_storage_dsn:
             storage_dsn = admin_dsn = args.dev_storage_dsn
         else:
+            await asyncio.to_thread(EmbeddedPostgres.reap_orphans)
             embedded = EmbeddedPostgres()
             await asyncio.to_thread(embedded.start)
             storage_dsn, admin_dsn = embedded.dsn("postgres"), embedded.dsn("postgres")

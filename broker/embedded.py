@@ -59,6 +59,16 @@ def find_bin_dir(need_world_access: bool) -> Path:
     )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,7 +111,37 @@ class EmbeddedPostgres:
                 f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
             )
 
+    @classmethod
+    def reap_orphans(cls) -> int:
+        """Stop and remove embedded clusters whose owning process is gone (a dev server
+        killed with SIGKILL cannot clean up after itself). Returns how many it removed."""
+        reaped = 0
+        for root in Path(tempfile.gettempdir()).glob("broker-pg-*"):
+            try:
+                owner = int((root / "owner.pid").read_text())
+            except (OSError, ValueError):
+                continue  # not ours, or still starting
+            if _alive(owner):
+                continue
+            data = root / "data"
+            if (data / "postmaster.pid").exists():
+                bin_dir = find_bin_dir(need_world_access=os.geteuid() == 0)
+                user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+                kwargs: dict[str, object] = (
+                    {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+                )
+                subprocess.run(
+                    [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                    capture_output=True,
+                    check=False,
+                    **kwargs,  # type: ignore[call-overload]
+                )
+            shutil.rmtree(root, ignore_errors=True)
+            reaped += 1
+        return reaped
+
     def start(self) -> None:
+        (self._root / "owner.pid").write_text(str(os.getpid()))
         pwfile = self._root / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self._run_as is not None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,7 @@ import hvac
 import pymysql
 import pytest
 
-from broker.embedded import free_port
+from broker.embedded import EmbeddedPostgres, free_port
 from tests.conftest import MYSQL_READONLY
 from tests.support import broker_process, mysql_user_exists, wait_healthy
 
@@ -97,3 +100,29 @@ async def test_hvac_against_dev_server(http_session: aiohttp.ClientSession) -> N
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, output
     assert "Root Token:  " + token in output
+
+
+def _clusters_of(pid: int) -> set[Path]:
+    found = set()
+    for root in Path(tempfile.gettempdir()).glob("broker-pg-*"):
+        owner = root / "owner.pid"
+        if owner.exists() and owner.read_text().strip() == str(pid):
+            found.add(root)
+    return found
+
+
+async def test_dev_server_killed_hard_leaves_nothing_after_the_next_start(
+    http_session: aiohttp.ClientSession,
+) -> None:
+    """SIGKILL gives the dev server no chance to stop its embedded PostgreSQL; the next dev
+    server start stops and removes clusters whose owner is gone."""
+    port = free_port()
+    proc = broker_process({}, "server", "--dev", "--dev-listen-address", f"127.0.0.1:{port}")
+    await wait_healthy(http_session, f"http://127.0.0.1:{port}", within=60)
+    mine = await asyncio.to_thread(_clusters_of, proc.pid)
+    assert len(mine) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert await asyncio.to_thread(_clusters_of, proc.pid) == mine  # left behind
+    assert await asyncio.to_thread(EmbeddedPostgres.reap_orphans) >= 1
+    assert not await asyncio.to_thread(_clusters_of, proc.pid)
