@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from broker import logs
+from broker import lease_views, logs
 from broker.client import BrokerClient, ClientError
 from broker.settings import Settings
 
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Example: BROKER_ADDR=https://broker:8200 broker status",
     )
 
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='Example: eval "$(broker completion bash)"',
+    )
+    completion.add_argument("shell", choices=("bash",))
+
     exec_ = sub.add_parser(
         "exec",
         help="run a command with a fresh login in its environment; revoke it when it exits",
@@ -137,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --prefix: forget the leases even if revocation fails",
     )
-    listing = lease_sub.add_parser("list", help="list lease ids under a prefix")
+    listing = lease_sub.add_parser("list", help="list leases under a prefix, with time left")
     listing.add_argument("prefix", nargs="?", default="")
+    listing.add_argument(
+        "--format",
+        choices=("table", "plain"),
+        default="table",
+        help="plain: one key per line, for scripts",
+    )
     return parser
 
 
@@ -163,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _exec(args)
         if args.command == "login":
             return _login(args)
+        if args.command == "completion":
+            return _completion(args.shell)
         if args.command == "status":
             return _status()
     except ClientError as exc:
@@ -452,17 +467,53 @@ def _lease(args: argparse.Namespace) -> int:
         for warning in response.get("warnings") or []:
             print(f"warning: {warning}", file=sys.stderr)
     elif command == "revoke":
+        if args.prefix and not args.force:
+            return lease_views.revoke_prefix(client, args.lease_id)
         if args.prefix:
-            kind = "revoke-force" if args.force else "revoke-prefix"
-            client.request("PUT", f"sys/leases/{kind}/{args.lease_id}")
+            client.request("PUT", f"sys/leases/revoke-force/{args.lease_id}")
         else:
             client.request("PUT", "sys/leases/revoke", {"lease_id": args.lease_id})
         print(f"revoked {args.lease_id}{' (prefix)' if args.prefix else ''}")
     elif command == "list":
-        prefix = args.prefix
+        if args.format == "table":
+            return lease_views.print_table(client, args.prefix)
         with contextlib.suppress(ClientError):
-            keys = client.request("GET", f"sys/leases/lookup/{prefix}?list=true")["data"]["keys"]
+            keys = client.request("GET", f"sys/leases/lookup/{args.prefix}?list=true")["data"][
+                "keys"
+            ]
             print("\n".join(keys))
             return 0
         print("no leases", file=sys.stderr)
+    return 0
+
+
+def _completion(shell: str) -> int:
+    """A bash completion script made from the parser itself, so it cannot drift."""
+    parser = build_parser()
+    commands: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                words = [o for a in sub._actions for o in a.option_strings]
+                for inner in sub._actions:
+                    if isinstance(inner, argparse._SubParsersAction):
+                        words += list(inner.choices)
+                commands[name] = words
+    cases = "\n".join(
+        f'        {name}) opts="{" ".join(words)}" ;;' for name, words in commands.items()
+    )
+    print(f"""# bash completion for broker: eval "$(broker completion bash)"
+_broker() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(commands)}" -- "$cur"))
+        return
+    fi
+    local opts=""
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+    esac
+    COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+}}
+complete -F _broker broker""")
     return 0

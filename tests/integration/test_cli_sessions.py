@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,37 @@ async def test_login_keeps_token_0600_and_status_uses_it(
     status = await asyncio.to_thread(run, "status")
     assert status.returncode == 0, status.stderr
     assert "storage  ok" in status.stdout and "nodes" in status.stdout
+
+
+async def test_lease_table_and_prefix_revocation_with_progress(broker: RunningBroker) -> None:
+    issued = [await broker.http.creds("brkt-my-ro") for _ in range(25)]
+    table = await asyncio.to_thread(_broker, broker, "lease", "list", "database/creds/brkt-my-ro/")
+    assert table.returncode == 0, table.stderr
+    first = issued[0].body["lease_id"].rsplit("/", 1)[1]
+    assert first in table.stdout and "active" in table.stdout and "0h59m" in table.stdout
+    top = await asyncio.to_thread(_broker, broker, "lease", "list", "database/creds/")
+    assert "brkt-my-ro/" in top.stdout and "lease(s)" in top.stdout
+
+    revoked = await asyncio.to_thread(
+        _broker, broker, "lease", "revoke", "--prefix", "database/creds/brkt-my-ro/"
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    done = re.search(r"revoked (\d+) of (\d+) lease", revoked.stdout)
+    assert done and done.group(1) == done.group(2) and int(done.group(1)) >= 25, revoked.stdout
+    for reply in issued:
+        assert not await mysql_user_exists(reply.data["username"])
+
+
+async def test_bash_completion_comes_from_the_parser(broker: RunningBroker) -> None:
+    script = await asyncio.to_thread(_broker, broker, "completion", "bash")
+    assert "complete -F _broker broker" in script.stdout
+    assert "exec" in script.stdout and "--format" in script.stdout and "renew" in script.stdout
+    check = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-n"],
+        input=script.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
