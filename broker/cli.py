@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Example: BROKER_ADDR=https://broker:8200 broker status",
     )
 
+    agent = sub.add_parser(
+        "agent",
+        help="keep credential files fresh for programs that cannot call HTTP",
+        description="Example: broker agent --config agent.toml (renews; re-issues only near "
+        "max_ttl, then revokes what it replaced and runs the reload command)",
+    )
+    agent.add_argument("--config", required=True, help="TOML with [[template]] entries")
+
     completion = sub.add_parser(
         "completion",
         help="print a shell completion script",
@@ -178,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             return _login(args)
         if args.command == "completion":
             return _completion(args.shell)
+        if args.command == "agent":
+            from broker.agent import run_agent
+
+            return asyncio.run(run_agent(args.config))
         if args.command == "status":
             return _status()
     except ClientError as exc:
