@@ -10,6 +10,7 @@ run as root, runs as ``nobody`` when started by root.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -53,6 +54,10 @@ def find_bin_dir(need_world_access: bool) -> Path:
             if need_world_access and not _world_usable(postgres):
                 continue
             return candidate
+    if need_world_access and candidates and (candidates[0] / "postgres").is_file():
+        # Root, and the wheel sits where 'nobody' cannot reach (a checkout under /root):
+        # a world-readable copy of pgserver's self-contained install, made once.
+        return world_usable_copy(candidates[0].parent) / "bin"
     raise RuntimeError(
         "no PostgreSQL binaries found: install the 'pgserver' package or PostgreSQL's server "
         "package (initdb, pg_ctl)"
@@ -67,6 +72,36 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def world_usable_copy(install: Path) -> Path:
+    """A copy of pgserver's ``install`` in the temp directory, readable and executable by
+    everyone, made once and reused. The wheel's layout is kept (``pgserver/pginstall``
+    beside ``pgserver.libs``): the binaries find their libraries through an rpath of
+    ``$ORIGIN/../../../pgserver.libs``."""
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"broker-pginstall-v2-{digest}"  # v: copy layout
+    copied_install = target / install.parent.name / install.name
+    if (target / ".complete").exists():
+        return copied_install
+    staging = Path(tempfile.mkdtemp(prefix="broker-pginstall-staging-")) / "tree"
+    shutil.copytree(install, staging / install.parent.name / install.name, symlinks=True)
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
+    for path in [staging, *staging.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        executable = path.is_dir() or mode & stat.S_IXUSR
+        path.chmod(
+            mode | stat.S_IRGRP | stat.S_IROTH | (stat.S_IXGRP | stat.S_IXOTH if executable else 0)
+        )
+    (staging / ".complete").touch()
+    with contextlib.suppress(OSError):  # another process made it first
+        staging.rename(target)
+    shutil.rmtree(staging.parent, ignore_errors=True)
+    return copied_install
 
 
 def free_port() -> int:
