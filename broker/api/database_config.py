@@ -9,6 +9,14 @@ from broker.api.responses import list_response, no_content, vault_response
 from broker.catalog import ConnectionUpdate
 from broker.exceptions import InvalidRequest
 
+#: Integer options and the ranges they may take (a pool of 0 or a timeout of ages would
+#: only fail later, at issuance, instead of now).
+_OPTION_RANGES = {
+    "max_open_connections": (1, 1000),
+    "max_idle_connections": (0, 1000),
+    "connect_timeout": (1, 600),
+    "statement_timeout": (1, 3600),
+}
 _OPTION_KEYS = (
     "max_open_connections",
     "max_idle_connections",
@@ -27,10 +35,14 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
             if key == "max_connection_lifetime":
                 options[key] = p.ttl(key)
                 continue
+            low, high = _OPTION_RANGES[key]
             try:
-                options[key] = int(value)
+                number = int(value)
             except (TypeError, ValueError) as exc:
                 raise InvalidRequest(f"{key}: expected an integer") from exc
+            if isinstance(value, bool) or not low <= number <= high:
+                raise InvalidRequest(f"{key}: expected a whole number from {low} to {high}")
+            options[key] = number
     expiry_event = p.flag("expiry_event")
     if expiry_event is not None:
         options["expiry_event"] = expiry_event

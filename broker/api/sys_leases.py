@@ -110,8 +110,10 @@ async def count_failing(ctx: RequestContext) -> web.StreamResponse:
 
 async def list_failing(ctx: RequestContext) -> web.StreamResponse:
     _check_irrevocable(ctx)
-    limit = int(ctx.params.text("limit", "1000") or 1000)
-    rows = await ctx.services.storage.list_failing_leases(max(1, min(limit, 10000)))
+    text = ctx.params.text("limit", "1000") or "1000"
+    if not text.isdigit() or not 1 <= int(text) <= 10000:
+        raise InvalidRequest("limit must be a whole number from 1 to 10000")
+    rows = await ctx.services.storage.list_failing_leases(int(text))
     leases = [
         {
             "lease_id": row["lease_id"],

@@ -164,6 +164,8 @@ def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
         if key in ("host", "user", "password"):
             args[key] = value
         elif key == "port":
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise InvalidRequest(f"connection_url: invalid port {value!r}")
             args["port"] = int(value)
         elif key == "dbname":
             args["database"] = value

@@ -103,3 +103,44 @@ async def test_hostile_bodies_and_paths_never_5xx(broker: RunningBroker) -> None
         await http.delete(f"database/config/fuzz{n}")
         await http.delete(f"sys/mounts/fuzz{n}")
     assert any(status < 300 for status, _, _ in seen) or seen
+
+
+async def test_hostile_options_on_an_existing_connection_change_nothing(
+    broker: RunningBroker,
+) -> None:
+    """The fuzz above mostly hits new connections, refused for other reasons first; these
+    go at a connection that exists, where only the bad value can be refused."""
+    http = broker.http
+    before = (await http.read("database/config/pg")).data
+    for key in (
+        "max_open_connections",
+        "max_idle_connections",
+        "connect_timeout",
+        "statement_timeout",
+    ):
+        for value in (
+            0 if key != "max_idle_connections" else -1,
+            -5,
+            2**40,
+            "abc",
+            True,
+            1.5e12,
+            [3],
+        ):
+            reply = await http.write("database/config/pg", {key: value})
+            assert reply.status == 400, (key, value, reply.body)
+            assert key in reply.errors[0]
+    assert (await http.read("database/config/pg")).data == before
+    for url in (
+        "host=127.0.0.1 port=abc user={{username}}",
+        "port=70000",
+        "postgresql://u@127.0.0.1:99999/x",
+    ):
+        reply = await http.write(
+            "database/config/brkt-badport",
+            {"plugin_name": "postgresql-database-plugin", "connection_url": url},
+        )
+        assert reply.status == 400 and "port" in reply.errors[0], (url, reply.body)
+    for limit in ("abc", "0", "-1", "99999999"):
+        reply = await http.read(f"sys/leases?type=irrevocable&limit={limit}")
+        assert reply.status == 400 and "limit" in reply.errors[0], (limit, reply.body)
