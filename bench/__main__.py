@@ -17,7 +17,15 @@ from typing import Any
 from bench import report, suite
 from bench.env import ROOT, BenchWorld
 
-STEPS = ("issuance", "storm", "two_nodes", "storm_two_nodes", "scale", "http_parser")
+STEPS = (
+    "issuance",
+    "storm",
+    "two_nodes",
+    "storm_two_nodes",
+    "scale",
+    "http_parser",
+    "auth_overhead",
+)
 
 
 async def run(quick: bool, only: list[str]) -> dict[str, Any]:
@@ -41,6 +49,8 @@ async def run(quick: bool, only: list[str]) -> dict[str, Any]:
                 results[step] = await suite.scale(world, quick)
             elif step == "http_parser":
                 results[step] = await suite.http_parser(world, quick)
+            elif step == "auth_overhead":
+                results[step] = await suite.auth_overhead(world, quick)
     finally:
         await world.close()
     return results

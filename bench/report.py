@@ -120,6 +120,17 @@ def markdown(results: dict[str, Any], json_name: str) -> str:
             f"parser {_fmt(hp['python_parser_rps'])} req/s (x{_fmt(hp['ratio_c_over_python'])}"
             f"); LIST errors {hp['c_parser_with_list_rewrite_list_errors']}.",
         ]
+    auth = results.get("auth_overhead")
+    if auth:
+        lines += [
+            "",
+            f"**Security layer** (lookup-self, medians of alternating rounds): configured root "
+            f"token {_fmt(auth['root_rps'])} req/s; stored service token with a policy "
+            f"{_fmt(auth['service_token_rps'])} req/s (x{_fmt(auth['service_token_ratio'])}); "
+            f"root with a file audit device {_fmt(auth['root_audited_rps'])} req/s "
+            f"(x{_fmt(auth['audited_ratio'])}). Issuance at concurrency 32 with the service "
+            f"token: x{_fmt(auth['issue_ratio'])} of the root token's.",
+        ]
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from broker.engines.registry import EngineRegistry
 from broker.leases import LeaseManager
 from broker.migrations import apply_migrations
 from broker.models import NewLease
+from broker.seal import SealManager
 from broker.settings import Settings
 from broker.storage import Storage, create_pool
 
@@ -382,6 +383,10 @@ async def _fill_leases(pool: asyncpg.Pool, rows: int) -> None:
         await conn.execute("VACUUM ANALYZE broker_leases")
 
 
+async def _never_initialise() -> str:
+    raise RuntimeError("the bench's storage is initialised by its dev servers")
+
+
 async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
     """Seconds for one LeaseManager.sweep() that revokes ``n`` due leases."""
     names = [f"bench_sweep_{os.getpid()}_{i}" for i in range(n)]
@@ -410,7 +415,10 @@ async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
             ],
             "active",
         )
-        manager = LeaseManager(store, engines, Settings(storage_dsn=storage))
+        # The dev servers' storage: its dev seal key derives from the dev root token.
+        settings = Settings(storage_dsn=storage, seal_type="dev", root_token=TOKEN)
+        await SealManager(store, settings, _never_initialise).try_auto_unseal()
+        manager = LeaseManager(store, engines, settings)
         started = time.perf_counter()
         result = await manager.sweep()
         seconds = time.perf_counter() - started
@@ -458,11 +466,11 @@ async def http_parser(world: BenchWorld, quick: bool) -> dict[str, Any]:
     return results
 
 
-async def _rps(address: str, seconds: int) -> float:
+async def _rps(address: str, seconds: int, token: str = TOKEN) -> float:
     path = f"{address}/v1/auth/token/lookup-self"
     if shutil.which("wrk"):
         script = Path("/tmp/broker-bench-token.lua")
-        await asyncio.to_thread(script.write_text, f'wrk.headers["X-Vault-Token"] = "{TOKEN}"\n')
+        await asyncio.to_thread(script.write_text, f'wrk.headers["X-Vault-Token"] = "{token}"\n')
         out = await asyncio.to_thread(
             subprocess.run,
             ["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", str(script), path],
@@ -476,10 +484,80 @@ async def _rps(address: str, seconds: int) -> float:
         {
             "mode": "http",
             "urls": [address],
-            "token": TOKEN,
+            "token": token,
             "path": "auth/token/lookup-self",
             "concurrency": 8,
             "requests": seconds * 1000,
         }
     )
     return float(result["throughput"])
+
+
+AUTH_BENCH_POLICY = """
+path "database/creds/*" { capabilities = ["read"] }
+path "secret/+/config" { capabilities = ["deny"] }
+path "sys/leases/*" { capabilities = ["update"] }
+"""
+
+
+async def auth_overhead(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """What the security layer costs per request: the cheapest authenticated path with the
+    configured root token (no lookup, no ACL), a stored service token (keyed-hash lookup,
+    cached, and its policies), and the root token with a file audit device (two chained,
+    hashed entries per request); then issuance at concurrency 32 with each token."""
+    storage = await world.new_storage()
+    broker = Broker(storage)
+    seconds = 2 if quick else 5
+    out: dict[str, Any] = {}
+    audit_file = Path(f"/tmp/broker-bench-audit-{os.getpid()}.log")
+    try:
+        await broker.ready()
+        await world.configure(broker)
+        await broker.call("PUT", "sys/policy/bench", {"policy": AUTH_BENCH_POLICY})
+        made = await broker.call("POST", "auth/token/create", {"policies": ["bench"]})
+        service = made["auth"]["client_token"]
+        # Three rounds, alternating, so drift in the machine's load hits each alike.
+        rounds: dict[str, list[float]] = {"root": [], "service_token": []}
+        for _ in range(1 if quick else 3):
+            rounds["root"].append(await _rps(broker.address, seconds))
+            rounds["service_token"].append(await _rps(broker.address, seconds, service))
+        await broker.call(
+            "PUT", "sys/audit/bench", {"type": "file", "options": {"file_path": str(audit_file)}}
+        )
+        rounds["root_audited"] = [
+            await _rps(broker.address, seconds) for _ in range(1 if quick else 3)
+        ]
+        await broker.call("DELETE", "sys/audit/bench")
+        for label, values in rounds.items():
+            out[f"{label}_rps"] = round(statistics.median(values), 1)
+        out["service_token_ratio"] = round(out["service_token_rps"] / out["root_rps"], 2)
+        out["audited_ratio"] = round(out["root_audited_rps"] / out["root_rps"], 2)
+        n = _requests(32, quick)
+        issues: dict[str, list[dict[str, Any]]] = {"root": [], "service_token": []}
+        order = [("root", TOKEN), ("service_token", service)]
+        for round_ in range(2 if quick else 4):
+            for label, token in order if round_ % 2 == 0 else order[::-1]:
+                issued = await loadgen(
+                    {
+                        "mode": "http",
+                        "urls": [broker.address],
+                        "token": token,
+                        "path": "database/creds/pg-group",
+                        "concurrency": 32,
+                        "requests": n,
+                    }
+                )
+                await broker.call("PUT", "sys/leases/revoke-prefix/database/creds/pg-group")
+                issues[label].append(issued)
+        for label, runs in issues.items():
+            out[f"issue_{label}_throughput"] = round(
+                statistics.median(r["throughput"] for r in runs), 1
+            )
+            out[f"issue_{label}_errors"] = sum(r["errors"] for r in runs)
+        out["issue_ratio"] = round(
+            out["issue_service_token_throughput"] / out["issue_root_throughput"], 2
+        )
+    finally:
+        broker.stop()
+        await asyncio.to_thread(audit_file.unlink, missing_ok=True)
+    return out

@@ -73,6 +73,8 @@ class RoleUpdate:
     renew_statements: tuple[str, ...] | None = None
     default_ttl: int | None = None
     max_ttl: int | None = None
+    orphan_leases: bool | None = None
+    max_leases: int | None = None
 
 
 class Catalog:
@@ -218,6 +220,8 @@ class Catalog:
         role = dataclasses.replace(base, **changes)
         for kind in STATEMENT_VARIABLES:
             check_statements(kind, getattr(role, kind))
+        if role.max_leases < 0:
+            raise InvalidRequest("max_leases cannot be negative")
         if role.max_ttl and role.default_ttl > role.max_ttl:
             raise InvalidRequest("default_ttl cannot be greater than max_ttl")
         warnings = []

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from broker import lease_views, logs
+from broker import cli_security, lease_views, logs
 from broker.client import BrokerClient, ClientError
 from broker.settings import Settings
 
@@ -24,6 +24,9 @@ EPILOG = """examples:
   broker lease list database/creds/readonly/
   broker lease revoke --prefix database/creds/readonly/
   broker revoke-expired --config broker.toml
+  broker operator init --key-shares 5 --key-threshold 3
+  broker login --method approle --role-id ROLE_ID
+  broker audit verify /var/log/broker/audit.log
 """
 
 
@@ -91,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Example: broker login (the token is read from the prompt, not argv)",
     )
     login.add_argument("token", nargs="?", help="better omitted: argv shows up in ps")
+    login.add_argument(
+        "--method",
+        choices=("token", "approle"),
+        default="token",
+        help="approle: role ID from --role-id or BROKER_ROLE_ID, secret ID from "
+        "BROKER_SECRET_ID or the prompt",
+    )
+    login.add_argument("--role-id", default="", help="AppRole role ID")
+    login.add_argument("--path", default="approle", help="where AppRole is enabled under auth/")
     sub.add_parser(
         "status",
         help="the server's health, node and peers",
@@ -160,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="table",
         help="plain: one key per line, for scripts",
     )
+    cli_security.add_parsers(sub)
     return parser
 
 
@@ -183,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("exec", "connect"):
             return _exec(args)
         if args.command == "login":
+            if args.method == "approle":
+                return cli_security.login_approle(args)
             return _login(args)
+        if args.command == "operator":
+            return cli_security.operator(args)
+        if args.command == "audit":
+            return cli_security.audit_verify(args)
         if args.command == "completion":
             return _completion(args.shell)
         if args.command == "agent":
@@ -264,7 +283,10 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.start)
             storage_dsn, admin_dsn = embedded.dsn("postgres"), embedded.dsn("postgres")
         settings = settings.replace(
-            storage_dsn=storage_dsn, listen_address=args.dev_listen_address, root_token=root_token
+            storage_dsn=storage_dsn,
+            listen_address=args.dev_listen_address,
+            root_token=root_token,
+            seal_type="dev",
         )
 
         async def create_demo(services: Services) -> None:
@@ -294,6 +316,7 @@ def _print_dev_banner(settings: Settings, embedded: Any) -> None:
         f"    Api Address: {address}\n"
         f"    Root Token:  {settings.root_token}\n"
         f"    Storage:     {storage}\n"
+        "    Seal:        unsealed (dev: the key derives from the root token)\n"
         "    Demo:        broker creds readonly   (database/creds/readonly)\n\n"
         f"    export BROKER_ADDR='{address}'\n"
         f"    export BROKER_TOKEN='{settings.root_token}'\n",
@@ -326,7 +349,8 @@ async def _revoke_expired(args: argparse.Namespace) -> int:
     engines = EngineRegistry()
     try:
         await apply_migrations(pool)
-        result = await LeaseManager(Storage(pool), engines, settings).sweep()
+        storage = await _unsealed_storage(settings, Storage(pool))
+        result = await LeaseManager(storage, engines, settings).sweep()
     finally:
         await engines.close()
         await pool.close()
@@ -334,6 +358,25 @@ async def _revoke_expired(args: argparse.Namespace) -> int:
     for error in result.errors:
         print(f"  failed: {error}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+async def _unsealed_storage(settings: Settings, storage: Any) -> Any:
+    """Commands that run beside the server (from cron) read connection passwords, so they
+    need the auto-unseal key; with Shamir keys only a running, unsealed server can."""
+    from broker.seal import SealManager
+
+    async def no_root_token() -> str:
+        raise RuntimeError("a command never initialises storage")
+
+    if settings.seal_type == "shamir":
+        raise SystemExit(
+            "error: storage is sealed with Shamir keys; this command needs an auto-unseal "
+            '(seal_type = "file" or "env"), or leave revocation to the running server'
+        )
+    manager = SealManager(storage, settings.replace(auto_init=False), no_root_token)
+    if not await manager.try_auto_unseal():
+        raise SystemExit("error: storage is not initialized (PUT /v1/sys/init)")
+    return storage
 
 
 async def _reconcile(args: argparse.Namespace) -> int:
@@ -346,7 +389,8 @@ async def _reconcile(args: argparse.Namespace) -> int:
     pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
     engines = EngineRegistry()
     try:
-        report = await Reconciler(Storage(pool), engines).run(revoke=args.revoke)
+        storage = await _unsealed_storage(settings, Storage(pool))
+        report = await Reconciler(storage, engines).run(revoke=args.revoke)
     finally:
         await engines.close()
         await pool.close()

@@ -126,6 +126,11 @@ class EmbeddedPostgres:
         self._bin = find_bin_dir(need_world_access=self._run_as is not None)
         self._started = False
 
+    @property
+    def bin_dir(self) -> Path:
+        """The binaries this cluster runs on (pg_dump of the same version is there)."""
+        return self._bin
+
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 

@@ -88,3 +88,47 @@ class StatementError(TargetError):
     """
 
     status = 400
+
+
+class Sealed(BrokerError):
+    """Vault is sealed"""
+
+    status = 503
+
+
+class NotInitialized(BrokerError):
+    """Vault is not initialized"""
+
+    status = 503
+
+
+class KeyringChanged(BrokerError):
+    """A record was sealed under a key term this node has not loaded (another node rotated)."""
+
+    status = 503
+
+    def __init__(self, term: int) -> None:
+        super().__init__(f"unknown key term {term}")
+        self.term = term
+
+
+class IntegrityError(BrokerError):
+    """a stored secret failed its integrity check"""
+
+    status = 500
+
+
+class TooManyRequests(BrokerError):
+    """A rate limit or a lease quota: ``retry_after`` seconds until it may succeed."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuditFailed(BrokerError):
+    """no audit device could record the request; it was not served"""
+
+    status = 503

@@ -30,6 +30,7 @@ from broker.exceptions import (
     TargetError,
     TargetUnavailable,
     TargetUnreachable,
+    TooManyRequests,
 )
 from broker.faults import crash_point
 from broker.metrics import Metrics
@@ -99,6 +100,7 @@ class LeaseManager:
         self._inserts = GroupCommit(storage.insert_leases)
         self._activations = GroupCommit(storage.activate_leases)
         self._sweep_lock = asyncio.Lock()
+        self._quota_locks: dict[tuple[str, str], asyncio.Lock] = {}
         #: Leases this node has claimed and not yet recorded: released on shutdown.
         self._in_flight: set[str] = set()
 
@@ -110,7 +112,11 @@ class LeaseManager:
             raise InvalidRequest(f"unknown database connection {name!r}")
         return connection
 
-    async def issue(self, mount: str, role_name: str, display_name: str) -> IssuedCredentials:
+    async def issue(
+        self, mount: str, role_name: str, display_name: str, token_accessor: str | None = None
+    ) -> IssuedCredentials:
+        """``token_accessor``: the token asking, whose revocation revokes this lease (unless
+        the role's leases are orphans)."""
         started = time.perf_counter()
         context = await (
             self._contexts.get(mount, role_name)
@@ -128,7 +134,13 @@ class LeaseManager:
             )
         engine = self._engines.get(connection)
         try:
-            issued = await self._issue(engine, role, connection, display_name)
+            accessor = None if role.orphan_leases else token_accessor
+            if role.max_leases > 0:
+                issued = await self._issue_within_quota(
+                    engine, role, connection, display_name, accessor
+                )
+            else:
+                issued = await self._issue(engine, role, connection, display_name, accessor)
         except BaseException as exc:
             if self._metrics is not None:  # labels only once the role is known: bounded
                 self._metrics.issue_failed.labels(
@@ -142,8 +154,46 @@ class LeaseManager:
             )
         return issued
 
+    async def _issue_within_quota(
+        self,
+        engine: DatabaseEngine,
+        role: Role,
+        connection: Connection,
+        display_name: str,
+        token_accessor: str | None,
+    ) -> IssuedCredentials:
+        """A role's ``max_leases``: counted in storage, with this node's own issuances for
+        the role serialised up to the lease row, so concurrent requests cannot all pass one
+        count. Nodes check independently: under a race across nodes the quota can be
+        exceeded by at most one lease per node."""
+        lock = self._quota_locks.setdefault((role.mount, role.name), asyncio.Lock())
+        async with lock:
+            live = await self._storage.count_live_leases_of_role(role.mount, role.name)
+            if live >= role.max_leases:
+                raise TooManyRequests(
+                    f"lease quota of role {role.name!r} reached: {live} live leases of "
+                    f"{role.max_leases}; revoke some or wait for them to expire",
+                    retry_after=self._settings.sweep_interval or 1.0,
+                )
+            inserted = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(
+                self._issue(engine, role, connection, display_name, token_accessor, inserted)
+            )
+            try:
+                await asyncio.wait([inserted, task], return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                task.cancel()  # the caller went away: so does its issuance (crash-safe)
+                raise
+        return await task  # a cancellation here reaches the task too
+
     async def _issue(
-        self, engine: DatabaseEngine, role: Role, connection: Connection, display_name: str
+        self,
+        engine: DatabaseEngine,
+        role: Role,
+        connection: Connection,
+        display_name: str,
+        token_accessor: str | None,
+        inserted: asyncio.Future[None] | None = None,
     ) -> IssuedCredentials:
         """Lease row committed, then the user, then activation: the crash-safe sequence."""
         mount = role.mount
@@ -173,11 +223,14 @@ class LeaseManager:
             issued_at=now,
             expires_at=now + dt.timedelta(seconds=ttl),
             max_expires_at=now + dt.timedelta(seconds=max_ttl),
+            token_accessor=token_accessor,
         )
         takeover_at = min(
             lease.expires_at, now + dt.timedelta(seconds=self._settings.creation_timeout)
         )
         await self._inserts.submit((lease, takeover_at))
+        if inserted is not None:
+            inserted.set_result(None)
         crash_point("after_lease_insert")
 
         password = generate_password()
@@ -308,6 +361,8 @@ class LeaseManager:
         Claims bounded batches, so memory stays flat however long the backlog.
         """
         result = SweepResult()
+        if self._storage.barrier.sealed:
+            return result  # the connection passwords cannot be read: nothing is revoked
         started = time.monotonic()
         async with self._sweep_lock:
             while True:

@@ -48,6 +48,11 @@ class Role:
     renew_statements: tuple[str, ...]
     default_ttl: int
     max_ttl: int
+    #: Leases that outlive the token that asked for them (External Secrets and other
+    #: clients that revoke their token right after reading).
+    orphan_leases: bool = False
+    #: Lease quota: at most this many live leases (0: no limit).
+    max_leases: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class Lease:
     attempts: int
     last_error: str | None
     revoked_at: dt.datetime | None
+    token_accessor: str | None = None
 
     @property
     def is_live(self) -> bool:
@@ -105,3 +111,59 @@ class NewLease:
     issued_at: dt.datetime
     expires_at: dt.datetime
     max_expires_at: dt.datetime
+    token_accessor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """A token as stored: everything but the token itself (kept only as an HMAC)."""
+
+    accessor: str
+    parent_accessor: str | None
+    policies: tuple[str, ...]
+    display_name: str
+    meta: dict[str, str]
+    num_uses: int
+    uses_left: int
+    ttl: int
+    explicit_max_ttl: int
+    renewable: bool
+    path: str
+    bound_cidrs: tuple[str, ...]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    max_expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppRole:
+    mount: str
+    name: str
+    role_id: str
+    bind_secret_id: bool
+    token_policies: tuple[str, ...]
+    token_ttl: int
+    token_max_ttl: int
+    token_num_uses: int
+    token_bound_cidrs: tuple[str, ...]
+    secret_id_ttl: int
+    secret_id_num_uses: int
+    secret_id_bound_cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SealRecord:
+    secret_shares: int
+    secret_threshold: int
+    keyring: bytes
+    keyring_version: int
+    wrapped_root_key: bytes | None
+    initialized_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDevice:
+    path: str
+    type: str
+    description: str
+    options: dict[str, str]

@@ -22,6 +22,25 @@ class Settings:
     listen_address: str = "127.0.0.1:8200"
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    #: CA bundle client certificates are checked against; with ``tls_require_client_cert``
+    #: a client without a valid certificate is refused during the handshake.
+    tls_client_ca_file: str = ""
+    tls_require_client_cert: bool = False
+    #: How the root key reaches memory: shamir (operators unseal), file or env (auto-unseal
+    #: key outside storage), dev (in-process; server --dev). See broker/seal.py.
+    seal_type: str = "shamir"
+    seal_key_file: str = ""
+    #: With an auto-unseal: initialise uninitialised storage at start, handing out no
+    #: unseal keys; bootstrap with root_token_sha256.
+    auto_init: bool = False
+    #: Requests per second allowed per client address and per token (0: no limit); a
+    #: burst of ``rate_limit_burst`` (default: one second's worth) may come at once.
+    rate_limit_per_address: float = 0.0
+    rate_limit_per_token: float = 0.0
+    rate_limit_burst: int = 0
+    #: Service tokens' TTL when none is asked for, and their ceiling.
+    token_default_ttl: int = VAULT_DEFAULT_TTL
+    token_max_ttl: int = VAULT_DEFAULT_TTL
     root_token: str = field(default="", repr=False)
     #: Hex SHA-256 of the root token, so the config file need not hold the token itself.
     root_token_sha256: str = ""
@@ -89,7 +108,7 @@ class Settings:
 
 def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
     kind = next(f.type for f in dataclasses.fields(cls) if f.name == name)
-    if name in ("default_lease_ttl", "max_lease_ttl"):
+    if name in ("default_lease_ttl", "max_lease_ttl", "token_default_ttl", "token_max_ttl"):
         return parse_duration(value, name)
     if kind == "bool":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")

@@ -7,6 +7,7 @@ The only module that runs the queries in ``sql/queries.sql``. Driver errors beco
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -16,8 +17,20 @@ from typing import Any, TypeVar
 import asyncpg
 
 from broker import sql
-from broker.exceptions import InvalidRequest, StorageUnavailable
-from broker.models import ClaimedLease, Connection, Lease, Mount, NewLease, Role
+from broker.barrier import Barrier
+from broker.exceptions import InvalidRequest, KeyringChanged, StorageUnavailable
+from broker.models import (
+    AppRole,
+    AuditDevice,
+    ClaimedLease,
+    Connection,
+    Lease,
+    Mount,
+    NewLease,
+    Role,
+    SealRecord,
+    TokenEntry,
+)
 
 _T = TypeVar("_T")
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -27,6 +40,11 @@ def _record(cls: type[_T], row: asyncpg.Record) -> _T:
     """A model from a row; array columns (lists) become the models' tuples."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
     return cls(**values)
+
+
+def _connection_context(mount: str, name: str) -> str:
+    """Associated data binding a connection's ciphertext to that connection."""
+    return f"broker_connections/{mount}/{name}"
 
 
 def like_prefix(prefix: str) -> str:
@@ -67,11 +85,14 @@ class Storage:
     """Named-query access to the broker's tables.
 
     Methods are grouped by table; each is one round trip unless its docstring says otherwise.
+    Secret columns pass through the barrier here, on their way in and out, so nothing above
+    this module sees ciphertext and nothing below it sees a secret.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, barrier: Barrier | None = None) -> None:
         self._pool = pool
         self._q = sql.queries()
+        self.barrier = barrier if barrier is not None else Barrier()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -144,7 +165,7 @@ class Storage:
             c.plugin_name,
             c.connection_url,
             c.username,
-            c.password,
+            self.barrier.encrypt_text(c.password, _connection_context(c.mount, c.name)),
             list(c.allowed_roles),
             c.username_template,
             c.verify_connection,
@@ -153,7 +174,41 @@ class Storage:
 
     async def get_connection(self, mount: str, name: str) -> Connection | None:
         row = await self._fetchrow("get_connection", mount, name)
-        return _record(Connection, row) if row else None
+        return await self._open_connection(_record(Connection, row)) if row else None
+
+    async def _open_connection(self, stored: Connection) -> Connection:
+        """The connection with its password decrypted; a key term another node added since
+        this one unsealed is loaded on first sight."""
+        context = _connection_context(stored.mount, stored.name)
+        try:
+            password = self.barrier.decrypt_text(stored.password, context)
+        except KeyringChanged:
+            await self.reload_keyring()
+            password = self.barrier.decrypt_text(stored.password, context)
+        return dataclasses.replace(stored, password=password)
+
+    async def reload_keyring(self) -> None:
+        record = await self.get_seal()
+        if record is not None:
+            self.barrier.reload(record.keyring)
+
+    async def reencrypt_connections(self) -> int:
+        """Move every connection password sealed under an old key term (or written before
+        encryption existed) to the active term. Returns how many moved."""
+        await self.reload_keyring()  # the active term may have moved on another node
+        moved = 0
+        for row in await self._fetch("list_all_connections"):
+            stored = _record(Connection, row)
+            if not self.barrier.needs_reencryption(stored.password):
+                continue
+            opened = await self._open_connection(stored)
+            context = _connection_context(stored.mount, stored.name)
+            fresh = self.barrier.encrypt_text(opened.password, context)
+            status = await self._execute(
+                "update_connection_password", stored.mount, stored.name, stored.password, fresh
+            )
+            moved += self._rows_affected(status)
+        return moved
 
     async def list_connections(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_connections", mount)]
@@ -178,6 +233,8 @@ class Storage:
             list(r.renew_statements),
             r.default_ttl,
             r.max_ttl,
+            r.orphan_leases,
+            r.max_leases,
         )
 
     async def get_role(self, mount: str, name: str) -> Role | None:
@@ -194,9 +251,11 @@ class Storage:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
         connection = None
         if values["c_name"] is not None:
-            connection = Connection(
-                mount=mount,
-                **{k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")},
+            connection = await self._open_connection(
+                Connection(
+                    mount=mount,
+                    **{k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")},
+                )
             )
         return Role(**{k: v for k, v in values.items() if not k.startswith("c_")}), connection
 
@@ -211,7 +270,7 @@ class Storage:
     async def insert_leases(self, leases: Sequence[tuple[NewLease, dt.datetime]]) -> list[None]:
         """Lease rows with the time the sweep takes each over if it is still 'creating'
         (the sooner of expiry and the creation timeout); one statement, all or none."""
-        columns: list[list[Any]] = [[] for _ in range(12)]
+        columns: list[list[Any]] = [[] for _ in range(13)]
         for lease, takeover_at in leases:
             row = (
                 lease.lease_id,
@@ -226,6 +285,7 @@ class Storage:
                 lease.expires_at,
                 lease.max_expires_at,
                 takeover_at,
+                lease.token_accessor,
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
@@ -326,7 +386,8 @@ class Storage:
         return {row["username"] for row in rows}
 
     async def list_all_connections(self) -> list[Connection]:
-        return [_record(Connection, row) for row in await self._fetch("list_all_connections")]
+        rows = await self._fetch("list_all_connections")
+        return [await self._open_connection(_record(Connection, row)) for row in rows]
 
     async def lease_counts(self) -> list[tuple[str, str, str, int]]:
         rows = await self._fetch("lease_counts")
@@ -385,3 +446,215 @@ class Storage:
                     for x in leases
                 ],
             )
+
+    async def count_live_leases_of_role(self, mount: str, role: str) -> int:
+        return int(await self._fetchval("count_live_leases_of_role", mount, role))
+
+    async def revoke_leases_of_missing_tokens(self) -> int:
+        return self._rows_affected(await self._execute("revoke_leases_of_missing_tokens"))
+
+    # -- seal -----------------------------------------------------------------------------
+
+    async def get_seal(self) -> SealRecord | None:
+        row = await self._fetchrow("get_seal")
+        return _record(SealRecord, row) if row else None
+
+    async def insert_seal(
+        self, shares: int, threshold: int, keyring: bytes, wrapped_root_key: bytes | None
+    ) -> bool:
+        inserted = await self._fetchval("insert_seal", shares, threshold, keyring, wrapped_root_key)
+        return inserted is not None
+
+    async def update_keyring(self, read_version: int, keyring: bytes) -> bool:
+        return await self._fetchval("update_keyring", read_version, keyring) is not None
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def insert_token(self, token_hmac: bytes, entry: TokenEntry) -> None:
+        await self._execute(
+            "insert_token",
+            entry.accessor,
+            token_hmac,
+            entry.parent_accessor,
+            list(entry.policies),
+            entry.display_name,
+            entry.meta,
+            entry.num_uses,
+            entry.ttl,
+            entry.explicit_max_ttl,
+            entry.renewable,
+            entry.path,
+            list(entry.bound_cidrs),
+            entry.expires_at,
+            entry.max_expires_at,
+        )
+
+    async def get_token_by_hmac(self, token_hmac: bytes) -> TokenEntry | None:
+        row = await self._fetchrow("get_token_by_hmac", token_hmac)
+        return _record(TokenEntry, row) if row else None
+
+    async def get_token_by_accessor(self, accessor: str) -> TokenEntry | None:
+        row = await self._fetchrow("get_token_by_accessor", accessor)
+        return _record(TokenEntry, row) if row else None
+
+    async def use_token(self, accessor: str) -> int | None:
+        """Spend one use; the uses left after it, or None if none were left."""
+        left = await self._fetchval("use_token", accessor)
+        return None if left is None else int(left)
+
+    async def renew_token(self, accessor: str, expires_at: dt.datetime, ttl: int) -> bool:
+        return await self._fetchval("renew_token", accessor, expires_at, ttl) is not None
+
+    async def revoke_token_trees(self, accessors: Sequence[str]) -> tuple[int, int]:
+        """(tokens removed, leases made due) for these tokens and all their descendants."""
+        row = await self._fetchrow("revoke_token_trees", list(accessors))
+        assert row is not None
+        return int(row["tokens"]), int(row["leases"])
+
+    async def orphan_children(self, accessor: str) -> None:
+        await self._execute("orphan_children", accessor)
+
+    async def expired_tokens(self, limit: int) -> list[str]:
+        return [row["accessor"] for row in await self._fetch("expired_tokens", limit)]
+
+    async def list_token_accessors(self) -> list[str]:
+        return [row["accessor"] for row in await self._fetch("list_token_accessors")]
+
+    async def notify_auth_changed(self, what: str) -> None:
+        await self._fetchval("notify_auth_changed", what)
+
+    # -- policies -------------------------------------------------------------------------
+
+    async def upsert_policy(self, name: str, text: str) -> None:
+        await self._execute("upsert_policy", name, text)
+
+    async def get_policy(self, name: str) -> str | None:
+        value = await self._fetchval("get_policy", name)
+        return None if value is None else str(value)
+
+    async def list_policies(self) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_policies")]
+
+    async def delete_policy(self, name: str) -> None:
+        await self._execute("delete_policy", name)
+
+    # -- auth methods and AppRole ---------------------------------------------------------
+
+    async def insert_auth_method(
+        self, path: str, type_: str, description: str, accessor: str
+    ) -> bool:
+        inserted = await self._fetchval("insert_auth_method", path, type_, description, accessor)
+        return inserted is not None
+
+    async def list_auth_methods(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self._fetch("list_auth_methods")]
+
+    async def delete_auth_method(self, path: str) -> bool:
+        return await self._fetchval("delete_auth_method", path) is not None
+
+    async def upsert_approle_role(self, r: AppRole) -> None:
+        await self._execute(
+            "upsert_approle_role",
+            r.mount,
+            r.name,
+            r.role_id,
+            r.bind_secret_id,
+            list(r.token_policies),
+            r.token_ttl,
+            r.token_max_ttl,
+            r.token_num_uses,
+            list(r.token_bound_cidrs),
+            r.secret_id_ttl,
+            r.secret_id_num_uses,
+            list(r.secret_id_bound_cidrs),
+        )
+
+    async def get_approle_role(self, mount: str, name: str) -> AppRole | None:
+        row = await self._fetchrow("get_approle_role", mount, name)
+        return _record(AppRole, row) if row else None
+
+    async def get_approle_role_by_role_id(self, mount: str, role_id: str) -> AppRole | None:
+        row = await self._fetchrow("get_approle_role_by_role_id", mount, role_id)
+        return _record(AppRole, row) if row else None
+
+    async def list_approle_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_approle_roles", mount)]
+
+    async def delete_approle_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_approle_role", mount, name) is not None
+
+    async def insert_secret_id(
+        self,
+        secret_id_hmac: bytes,
+        accessor: str,
+        role: AppRole,
+        cidr_list: Sequence[str],
+        metadata: dict[str, str],
+        expires_at: dt.datetime | None,
+    ) -> dt.datetime:
+        created: dt.datetime = await self._fetchval(
+            "insert_secret_id",
+            secret_id_hmac,
+            accessor,
+            role.mount,
+            role.name,
+            role.secret_id_num_uses,
+            list(cidr_list),
+            metadata,
+            expires_at,
+        )
+        return created
+
+    async def consume_secret_id(
+        self, secret_id_hmac: bytes, mount: str, role_name: str
+    ) -> dict[str, Any] | None:
+        row = await self._fetchrow("consume_secret_id", secret_id_hmac, mount, role_name)
+        if row is None:
+            return None
+        if row["num_uses"] > 0 and row["uses_left"] <= 0:
+            await self._execute("delete_spent_secret_ids")
+        return dict(row)
+
+    async def get_secret_id(
+        self, mount: str, role_name: str, secret_id_hmac: bytes | None, accessor: str | None
+    ) -> dict[str, Any] | None:
+        row = await self._fetchrow("get_secret_id", mount, role_name, secret_id_hmac, accessor)
+        return dict(row) if row else None
+
+    async def list_secret_id_accessors(self, mount: str, role_name: str) -> list[str]:
+        rows = await self._fetch("list_secret_id_accessors", mount, role_name)
+        return [row["accessor"] for row in rows]
+
+    async def delete_secret_id(
+        self, mount: str, role_name: str, secret_id_hmac: bytes | None, accessor: str | None
+    ) -> bool:
+        deleted = await self._fetchval(
+            "delete_secret_id", mount, role_name, secret_id_hmac, accessor
+        )
+        return deleted is not None
+
+    # -- audit ----------------------------------------------------------------------------
+
+    async def insert_audit_device(self, device: AuditDevice) -> bool:
+        inserted = await self._fetchval(
+            "upsert_audit_device", device.path, device.type, device.description, device.options
+        )
+        return inserted is not None
+
+    async def list_audit_devices(self) -> list[AuditDevice]:
+        return [_record(AuditDevice, row) for row in await self._fetch("list_audit_devices")]
+
+    async def delete_audit_device(self, path: str) -> bool:
+        return await self._fetchval("delete_audit_device", path) is not None
+
+    async def insert_audit_entries(self, device: str, node_id: str, lines: Sequence[str]) -> None:
+        await self._execute("insert_audit_entries", device, node_id, list(lines))
+
+    async def last_audit_entry(self, device: str, node_id: str) -> str | None:
+        value = await self._fetchval("last_audit_entry", device, node_id)
+        return None if value is None else str(value)
+
+    async def audit_entries(self, device: str) -> list[tuple[str, str]]:
+        return [
+            (row["node_id"], row["entry"]) for row in await self._fetch("audit_entries", device)
+        ]

@@ -74,8 +74,8 @@ WHERE mount = $1 AND connection_name = $2 AND state IN ('creating', 'active', 'r
 -- upsert_role --
 INSERT INTO broker_roles
     (mount, name, db_name, creation_statements, revocation_statements, rollback_statements,
-     renew_statements, default_ttl, max_ttl)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     renew_statements, default_ttl, max_ttl, orphan_leases, max_leases)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (mount, name) DO UPDATE SET
     db_name = EXCLUDED.db_name,
     creation_statements = EXCLUDED.creation_statements,
@@ -84,11 +84,13 @@ ON CONFLICT (mount, name) DO UPDATE SET
     renew_statements = EXCLUDED.renew_statements,
     default_ttl = EXCLUDED.default_ttl,
     max_ttl = EXCLUDED.max_ttl,
+    orphan_leases = EXCLUDED.orphan_leases,
+    max_leases = EXCLUDED.max_leases,
     updated_at = now()
 
 -- get_role --
 SELECT mount, name, db_name, creation_statements, revocation_statements, rollback_statements,
-       renew_statements, default_ttl, max_ttl
+       renew_statements, default_ttl, max_ttl, orphan_leases, max_leases
 FROM broker_roles WHERE mount = $1 AND name = $2
 
 -- list_roles --
@@ -98,6 +100,7 @@ SELECT name FROM broker_roles WHERE mount = $1 ORDER BY name
 -- The role and its connection in one round trip (the issuance hot path).
 SELECT r.mount, r.name, r.db_name, r.creation_statements, r.revocation_statements,
        r.rollback_statements, r.renew_statements, r.default_ttl, r.max_ttl,
+       r.orphan_leases, r.max_leases,
        c.name AS c_name, c.plugin_name AS c_plugin_name, c.connection_url AS c_connection_url,
        c.username AS c_username, c.password AS c_password, c.allowed_roles AS c_allowed_roles,
        c.username_template AS c_username_template,
@@ -117,16 +120,17 @@ DELETE FROM broker_roles WHERE mount = $1 AND name = $2 RETURNING name
 -- lease's statement lists travel as a JSON array (lists of different lengths).
 INSERT INTO broker_leases
     (lease_id, mount, role_name, connection_name, plugin_name, username,
-     revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at)
+     revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at,
+     token_accessor)
 SELECT l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
        ARRAY(SELECT jsonb_array_elements_text(l.revocation::jsonb)),
        ARRAY(SELECT jsonb_array_elements_text(l.renew::jsonb)),
-       l.issued_at, l.expires_at, l.max_expires_at, l.due_at
+       l.issued_at, l.expires_at, l.max_expires_at, l.due_at, l.token_accessor
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
-            $12::timestamptz[])
+            $12::timestamptz[], $13::text[])
     AS l(lease_id, mount, role_name, connection_name, plugin_name, username, revocation, renew,
-         issued_at, expires_at, max_expires_at, due_at)
+         issued_at, expires_at, max_expires_at, due_at, token_accessor)
 
 -- activate_leases --
 -- Only a lease still 'creating' becomes active: if a revocation claimed it meanwhile, the
@@ -150,7 +154,7 @@ WHERE lease_id = $1
 -- get_lease --
 SELECT lease_id, mount, role_name, connection_name, plugin_name, username,
        revocation_statements, renew_statements, issued_at, last_renewed_at, expires_at,
-       max_expires_at, state, due_at, attempts, last_error, revoked_at
+       max_expires_at, state, due_at, attempts, last_error, revoked_at, token_accessor
 FROM broker_leases WHERE lease_id = $1
 
 -- renew_lease --
@@ -273,3 +277,215 @@ GROUP BY state, mount, role_name
 -- sweep_backlog --
 SELECT count(*) FROM broker_leases
 WHERE state IN ('creating', 'active', 'revoking') AND due_at <= now()
+
+-- count_live_leases_of_role --
+-- Lease quotas (max_leases): through broker_leases_role_live_idx.
+SELECT count(*) FROM broker_leases
+WHERE mount = $1 AND role_name = $2 AND state IN ('creating', 'active', 'revoking')
+
+-- update_connection_password --
+-- The re-encrypt job: compare-and-set, so a concurrent write of a new password wins.
+UPDATE broker_connections SET password = $4
+WHERE mount = $1 AND name = $2 AND password = $3
+
+-- get_seal --
+SELECT secret_shares, secret_threshold, keyring, keyring_version, wrapped_root_key,
+       initialized_at
+FROM broker_seal
+
+-- insert_seal --
+-- Initialisation happens once: a second, racing init inserts nothing.
+INSERT INTO broker_seal (secret_shares, secret_threshold, keyring, wrapped_root_key)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (singleton) DO NOTHING
+RETURNING initialized_at
+
+-- update_keyring --
+-- Rotation: only over the version this node read, so two nodes never lose a key term.
+UPDATE broker_seal SET keyring = $2, keyring_version = keyring_version + 1
+WHERE keyring_version = $1
+RETURNING keyring_version
+
+-- insert_token --
+INSERT INTO broker_tokens
+    (accessor, token_hmac, parent_accessor, policies, display_name, meta, num_uses, uses_left,
+     ttl, explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14)
+
+-- get_token_by_hmac --
+SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
+       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at
+FROM broker_tokens WHERE token_hmac = $1
+
+-- get_token_by_accessor --
+SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
+       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at
+FROM broker_tokens WHERE accessor = $1
+
+-- use_token --
+-- A limited-use token spends one use per request; returns the uses left (none: spent).
+UPDATE broker_tokens SET uses_left = uses_left - 1
+WHERE accessor = $1 AND uses_left > 0
+RETURNING uses_left
+
+-- renew_token --
+UPDATE broker_tokens SET expires_at = $2, ttl = $3
+WHERE accessor = $1
+RETURNING expires_at
+
+-- revoke_token_trees --
+-- Tokens and every descendant go (the foreign key cascades to children created meanwhile),
+-- and in the same statement their leases become due, for the sweep to revoke.
+WITH RECURSIVE tree AS (
+    SELECT accessor FROM broker_tokens WHERE accessor = ANY($1::text[])
+    UNION
+    SELECT t.accessor FROM broker_tokens t JOIN tree ON t.parent_accessor = tree.accessor
+),
+gone AS (
+    DELETE FROM broker_tokens WHERE accessor IN (SELECT accessor FROM tree) RETURNING accessor
+),
+due AS (
+    UPDATE broker_leases SET due_at = now()
+    WHERE token_accessor IN (SELECT accessor FROM gone) AND state IN ('creating', 'active')
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS tokens, (SELECT count(*) FROM due) AS leases
+
+-- orphan_children --
+UPDATE broker_tokens SET parent_accessor = NULL WHERE parent_accessor = $1
+
+-- revoke_leases_of_missing_tokens --
+-- Safety net for a lease whose token went while the lease was being issued (or across a
+-- crash): a live lease tied to a token that no longer exists becomes due.
+UPDATE broker_leases l SET due_at = now()
+WHERE l.token_accessor IS NOT NULL AND l.state IN ('creating', 'active') AND l.due_at > now()
+  AND NOT EXISTS (SELECT 1 FROM broker_tokens t WHERE t.accessor = l.token_accessor)
+
+-- expired_tokens --
+SELECT accessor FROM broker_tokens
+WHERE expires_at IS NOT NULL AND expires_at <= now()
+ORDER BY expires_at
+LIMIT $1
+
+-- list_token_accessors --
+SELECT accessor FROM broker_tokens ORDER BY created_at, accessor
+
+-- upsert_policy --
+INSERT INTO broker_policies (name, policy) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()
+
+-- get_policy --
+SELECT policy FROM broker_policies WHERE name = $1
+
+-- list_policies --
+SELECT name FROM broker_policies ORDER BY name
+
+-- delete_policy --
+DELETE FROM broker_policies WHERE name = $1
+
+-- notify_auth_changed --
+-- Policies or tokens changed: other nodes drop their cached copies.
+SELECT pg_notify('broker_auth', $1)
+
+-- insert_auth_method --
+INSERT INTO broker_auth_methods (path, type, description, accessor) VALUES ($1, $2, $3, $4)
+ON CONFLICT (path) DO NOTHING
+RETURNING path
+
+-- list_auth_methods --
+SELECT path, type, description, accessor, created_at FROM broker_auth_methods ORDER BY path
+
+-- delete_auth_method --
+DELETE FROM broker_auth_methods WHERE path = $1 RETURNING path
+
+-- upsert_approle_role --
+INSERT INTO broker_approle_roles
+    (mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
+     token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses, secret_id_bound_cidrs)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (mount, name) DO UPDATE SET
+    role_id = EXCLUDED.role_id,
+    bind_secret_id = EXCLUDED.bind_secret_id,
+    token_policies = EXCLUDED.token_policies,
+    token_ttl = EXCLUDED.token_ttl,
+    token_max_ttl = EXCLUDED.token_max_ttl,
+    token_num_uses = EXCLUDED.token_num_uses,
+    token_bound_cidrs = EXCLUDED.token_bound_cidrs,
+    secret_id_ttl = EXCLUDED.secret_id_ttl,
+    secret_id_num_uses = EXCLUDED.secret_id_num_uses,
+    secret_id_bound_cidrs = EXCLUDED.secret_id_bound_cidrs
+
+-- get_approle_role --
+SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
+       token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
+       secret_id_bound_cidrs
+FROM broker_approle_roles WHERE mount = $1 AND name = $2
+
+-- get_approle_role_by_role_id --
+SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
+       token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
+       secret_id_bound_cidrs
+FROM broker_approle_roles WHERE mount = $1 AND role_id = $2
+
+-- list_approle_roles --
+SELECT name FROM broker_approle_roles WHERE mount = $1 ORDER BY name
+
+-- delete_approle_role --
+DELETE FROM broker_approle_roles WHERE mount = $1 AND name = $2 RETURNING name
+
+-- insert_secret_id --
+INSERT INTO broker_approle_secret_ids
+    (secret_id_hmac, accessor, mount, role_name, num_uses, uses_left, cidr_list, metadata,
+     expires_at)
+VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
+RETURNING created_at
+
+-- consume_secret_id --
+-- Login: one use is spent atomically, so two logins cannot share the last use. Expired or
+-- spent secret IDs return nothing (a spent one is deleted by the caller's next query).
+UPDATE broker_approle_secret_ids
+SET uses_left = CASE WHEN num_uses > 0 THEN uses_left - 1 ELSE uses_left END
+WHERE secret_id_hmac = $1 AND mount = $2 AND role_name = $3
+  AND (num_uses = 0 OR uses_left > 0)
+  AND (expires_at IS NULL OR expires_at > now())
+RETURNING accessor, num_uses, uses_left, cidr_list
+
+-- delete_spent_secret_ids --
+DELETE FROM broker_approle_secret_ids
+WHERE (num_uses > 0 AND uses_left <= 0) OR (expires_at IS NOT NULL AND expires_at <= now())
+
+-- get_secret_id --
+SELECT accessor, role_name, num_uses, uses_left, cidr_list, metadata, created_at, expires_at
+FROM broker_approle_secret_ids
+WHERE mount = $1 AND role_name = $2 AND (secret_id_hmac = $3 OR accessor = $4)
+
+-- list_secret_id_accessors --
+SELECT accessor FROM broker_approle_secret_ids
+WHERE mount = $1 AND role_name = $2 ORDER BY accessor
+
+-- delete_secret_id --
+DELETE FROM broker_approle_secret_ids
+WHERE mount = $1 AND role_name = $2 AND (secret_id_hmac = $3 OR accessor = $4)
+RETURNING accessor
+
+-- upsert_audit_device --
+INSERT INTO broker_audit_devices (path, type, description, options) VALUES ($1, $2, $3, $4)
+ON CONFLICT (path) DO NOTHING
+RETURNING path
+
+-- list_audit_devices --
+SELECT path, type, description, options FROM broker_audit_devices ORDER BY path
+
+-- delete_audit_device --
+DELETE FROM broker_audit_devices WHERE path = $1 RETURNING path
+
+-- insert_audit_entries --
+INSERT INTO broker_audit_log (device, node_id, entry)
+SELECT $1, $2, e FROM unnest($3::text[]) WITH ORDINALITY AS x(e, n) ORDER BY n
+
+-- last_audit_entry --
+SELECT entry FROM broker_audit_log WHERE device = $1 AND node_id = $2
+ORDER BY id DESC LIMIT 1
+
+-- audit_entries --
+SELECT node_id, entry FROM broker_audit_log WHERE device = $1 ORDER BY node_id, id

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ from broker.settings import Settings
 from tests.support import ISSUED_PASSWORDS, MARIADB, VaultHTTP, mysql_admin
 
 TOKEN = "test-root-" + secrets.token_hex(8)
+# Every broker the suite starts, in process or as a subprocess (which inherits this
+# environment), auto-unseals with one throwaway key and initialises its fresh storage.
+# Tests of the Shamir seal set seal_type themselves.
+SEAL_ENV = {
+    "BROKER_SEAL_TYPE": "env",
+    "BROKER_SEAL_KEY": secrets.token_hex(32),
+    "BROKER_AUTO_INIT": "true",
+}
+os.environ.update(SEAL_ENV)
 MYSQL_APP_DB = "broker_test_app"
 MYSQL_OTHER_DB = "broker_test_other"
 PG_READERS = "app_readers"
@@ -184,6 +194,8 @@ async def broker(
         root_token=TOKEN,
         sweep_interval=0.2,
         creation_timeout=5,
+        seal_type="env",
+        auto_init=True,
     )
     runner = await start_server(settings)
     address = f"http://{settings.listen_address}"

@@ -134,6 +134,25 @@ async def mysql_admin(*statements: str) -> None:
         conn.close()
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``broker ARGS`` as a user runs it: a fresh process, this environment with ``env``
+    over it, minus any token variable the caller did not set."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("VAULT_TOKEN", "BROKER_TOKEN")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=full_env,
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def broker_process(env: dict[str, str], *args: str, crash_at: str = "") -> subprocess.Popen[bytes]:
     full_env = dict(os.environ, **env)
     full_env.pop("BROKER_CRASH_AT", None)
@@ -157,3 +176,16 @@ async def wait_healthy(session: aiohttp.ClientSession, address: str, within: flo
             return False
 
     await eventually(healthy, within=within, interval=0.2)
+
+
+async def unseal_for_test(storage: Any) -> None:
+    """Domain-level tests that write connections need an open barrier: initialise the
+    fresh storage and unseal it with the suite's auto-unseal key (see conftest)."""
+    from broker.auth.tokens import TokenManager
+    from broker.seal import SealManager
+    from broker.settings import Settings
+
+    settings = Settings(seal_type="env", auto_init=True)
+    await SealManager(
+        storage, settings, TokenManager(storage, settings).create_root
+    ).try_auto_unseal()

@@ -16,29 +16,38 @@ from aiohttp import web
 from broker.api.context import SERVICES, RequestContext, Services
 
 __all__ = ["SERVICES", "create_app", "start_server"]
+from broker.api.audit_entries import audit_request_entry, audit_response_part
 from broker.api.listmethod import VaultAppRunner
 from broker.api.params import Params
-from broker.api.responses import error_response
-from broker.api.routes import DATABASE_ROUTES, SYS_ROUTES
-from broker.api.routing import match, operation_of
+from broker.api.responses import broker_error_response, error_response
+from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
+from broker.api.routing import Handler, Route, match, operation_of
+from broker.audit import Auditor
+from broker.auth.approle import AppRoleManager, AuthMethods
+from broker.auth.policies import PolicyStore
+from broker.auth.tokens import Caller, TokenManager
+from broker.barrier import Barrier
 from broker.catalog import Catalog
 from broker.catalog_cache import IssueContextCache
 from broker.engines.registry import EngineRegistry
-from broker.exceptions import BrokerError
+from broker.exceptions import BrokerError, PermissionDenied, Sealed
 from broker.leases import LeaseManager
 from broker.logs import REQUEST_ID
 from broker.metrics import Metrics
 from broker.migrations import apply_migrations
 from broker.nodes import NodeIdentity, NodeRegistry
+from broker.ratelimit import RateLimiter
 from broker.reconcile import Reconciler
 from broker.scheduler import SweepScheduler
+from broker.seal import SealManager
 from broker.settings import Settings
 from broker.storage import Storage, create_pool
 
 log = logging.getLogger(__name__)
 #: One line per request; paths hold role names and lease ids, never a secret.
 access_log = logging.getLogger("broker.access")
-ROOT_DISPLAY_NAME = "root"
+#: Paths that answer while sealed (everything else is a 503 before any lookup).
+_SEALED_PATHS = ("sys/init", "sys/seal-status", "sys/unseal")
 #: The matched route's template, for the HTTP metrics.
 ROUTE_KEY = web.RequestKey("broker.route", str)
 
@@ -52,39 +61,97 @@ def _token_of(request: web.Request) -> str:
     return token
 
 
+async def _resolve(services: Services, path: str) -> tuple[Route, dict[str, str], str] | None:
+    """The route for ``path`` and the mount it lies under ("" for sys/ and auth/token/)."""
+    if path.startswith("sys/") or path.startswith("auth/token/"):
+        found = match(SYS_ROUTES, path)
+        return (*found, "") if found else None
+    if path.startswith("auth/"):
+        resolved = await services.auth_methods.resolve(path[len("auth/") :])
+        if resolved is None:
+            return None
+        mount, _type, rest = resolved
+        found = match(APPROLE_ROUTES, rest)
+        return (*found, mount) if found else None
+    mounted = await services.catalog.resolve_mount(path)
+    if mounted is None:
+        return None
+    mount, rest = mounted
+    found = match(DATABASE_ROUTES, rest)
+    return (*found, mount) if found else None
+
+
+def _route_label(path: str, target: Route, mount: str) -> str:
+    """The metrics label: the route's template under a placeholder for the mount."""
+    if not mount:
+        return target.template
+    prefix = "auth/:mount" if path.startswith("auth/") else ":mount"
+    return f"{prefix}/{target.template}"
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Parse, authenticate, authorise, audit, call: in that order, so nothing is done for a
+    caller the policies refuse and nothing is served that no audit device recorded."""
     services = request.app[SERVICES]
     path = request.match_info["tail"]
     operation = operation_of(request)
-    mount = ""
-    if path.startswith(("sys/", "auth/")):
-        found = match(SYS_ROUTES, path)
-    else:
-        resolved = await services.catalog.resolve_mount(path)
-        found = None
-        if resolved is not None:
-            mount, rest = resolved
-            found = match(DATABASE_ROUTES, rest)
+    remote = request.remote or ""
+    services.address_limits.take(remote, "address")
+    if services.seal.sealed and not (path == "sys/health" or path.startswith(_SEALED_PATHS)):
+        raise Sealed()
+    found = await _resolve(services, path)
     if found is None:
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
-    target, args = found
-    request[ROUTE_KEY] = f":mount/{target.template}" if mount else target.template
-    token = _token_of(request)
-    if target.authenticated and not services.settings.token_is_root(token):
-        return error_response(403, ["permission denied"])
+    target, args, mount = found
+    request[ROUTE_KEY] = _route_label(path, target, mount)
+    if services.seal.sealed and not target.sealed_ok:
+        raise Sealed()
     handler = target.handlers.get(operation) if operation else None
     if handler is None:
         return error_response(405, ["unsupported operation"])
-    ctx = RequestContext(
-        request=request,
-        services=services,
-        params=await Params.from_request(request),
-        path_args=args,
-        mount=mount,
-        token=token,
-        display_name=ROOT_DISPLAY_NAME,
+    params = await Params.from_request(request)
+    caller: Caller | None = None
+    denied = False
+    if target.authenticated:
+        caller = await services.tokens.authenticate(_token_of(request), remote)
+        if caller is not None:
+            services.token_limits.take(caller.accessor or "root", "token")
+            acl = await services.policies.acl(caller.policies)
+            denied = not acl.allows(path, operation or "", sudo=target.sudo)
+        else:
+            denied = True
+    ctx = RequestContext(request, services, params, args, mount, caller, remote)
+    auditing = services.auditor.enabled and not services.seal.sealed
+    try:
+        if not auditing:
+            if denied:
+                raise PermissionDenied()
+            return await handler(ctx)
+        return await _audited(ctx, handler, operation or "", denied)
+    finally:
+        if caller is not None and caller.spent:
+            await services.tokens.after_request(caller)
+
+
+async def _audited(
+    ctx: RequestContext, handler: Handler, operation: str, denied: bool
+) -> web.StreamResponse:
+    services = ctx.services
+    hmac = services.storage.barrier.audit_hmac
+    entry = audit_request_entry(ctx, operation, hmac)
+    await services.auditor.record({**entry, "type": "request"})
+    error = ""
+    try:
+        if denied:
+            raise PermissionDenied()
+        response = await handler(ctx)
+    except BrokerError as exc:
+        response = broker_error_response(exc)
+        error = "; ".join(exc.errors)
+    await services.auditor.record(
+        {**entry, "type": "response", **audit_response_part(response, error, hmac)}
     )
-    return await handler(ctx)
+    return response
 
 
 @web.middleware
@@ -128,7 +195,7 @@ async def vault_errors(
         response: web.StreamResponse = await handler(request)
         return response
     except BrokerError as exc:
-        return error_response(exc.status, exc.errors)
+        return broker_error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -158,10 +225,11 @@ def _services_ctx(
         scheduler: SweepScheduler | None = None
         services: Services | None = None
         contexts: IssueContextCache | None = None
+        stop_auth_listener: Callable[[], Awaitable[None]] | None = None
         try:
             if settings.apply_migrations:
                 await apply_migrations(pool)
-            storage = Storage(pool)
+            storage = Storage(pool, Barrier())
             contexts = IssueContextCache(storage)
             await contexts.start()
             metrics = Metrics()
@@ -169,19 +237,59 @@ def _services_ctx(
             catalog = Catalog(storage, engines, leases, settings, contexts)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
-            nodes = NodeRegistry(
-                storage, NodeIdentity.from_settings(settings), settings.heartbeat_interval
-            )
+            identity = NodeIdentity.from_settings(settings)
+            nodes = NodeRegistry(storage, identity, settings.heartbeat_interval)
             reconciler = Reconciler(storage, engines)
+            tokens = TokenManager(storage, settings, scheduler.kick)
+            seal = SealManager(storage, settings, tokens.create_root)
+            auth_methods = AuthMethods(storage)
+            auditor = Auditor(storage, identity.node_id)
             services = Services(
-                settings, storage, catalog, leases, scheduler, nodes, reconciler, engines, metrics
+                settings,
+                storage,
+                catalog,
+                leases,
+                scheduler,
+                nodes,
+                reconciler,
+                engines,
+                metrics,
+                seal=seal,
+                tokens=tokens,
+                policies=PolicyStore(storage),
+                auth_methods=auth_methods,
+                approle=AppRoleManager(storage, tokens),
+                auditor=auditor,
+                address_limits=RateLimiter(
+                    settings.rate_limit_per_address, settings.rate_limit_burst
+                ),
+                token_limits=RateLimiter(settings.rate_limit_per_token, settings.rate_limit_burst),
+                contexts=contexts,
             )
             app[SERVICES] = services
+            stop_auth_listener = await _listen_auth_changes(services)
+
+            async def unsealed() -> None:
+                await auth_methods.refresh()
+                await auditor.refresh()
+                moved = await storage.reencrypt_connections()
+                if moved:
+                    log.info("re-encrypted %d connection password(s) under the active key", moved)
+
+            seal.on_unseal(unsealed)
+            await seal.try_auto_unseal()
             await nodes.heartbeat()
             scheduler.add_periodic("heartbeat", nodes.heartbeat, settings.heartbeat_interval)
+            scheduler.add_periodic("token-expiry", _when_unsealed(seal, tokens.revoke_expired), 5)
+            scheduler.add_periodic(
+                "reencrypt", _when_unsealed(seal, storage.reencrypt_connections), 300
+            )
+            scheduler.add_periodic("audit-devices", _when_unsealed(seal, auditor.refresh), 30)
             if settings.reconcile_interval > 0:
                 scheduler.add_periodic(
-                    "reconcile", reconciler.report_orphans, settings.reconcile_interval
+                    "reconcile",
+                    _when_unsealed(seal, reconciler.report_orphans),
+                    settings.reconcile_interval,
                 )
             scheduler.start()
             yield
@@ -190,18 +298,56 @@ def _services_ctx(
             # the sweep gets its own, then whatever it still holds goes back to the queue.
             if scheduler is not None:
                 await scheduler.stop(settings.shutdown_timeout)
+            if stop_auth_listener is not None:
+                await stop_auth_listener()
             if services is not None:
                 with contextlib.suppress(BrokerError):
                     released = await services.leases.release_claims()
                     if released:
                         log.info("released %d unfinished revocation claim(s)", released)
                     await services.nodes.leave()
+                services.seal.seal()
             if contexts is not None:
                 await contexts.close()
             await engines.close()
             await pool.close()
 
     return contextlib.asynccontextmanager(services_ctx)
+
+
+def _when_unsealed(
+    seal: SealManager, job: Callable[[], Awaitable[object]]
+) -> Callable[[], Awaitable[object]]:
+    async def run() -> object:
+        return None if seal.sealed else await job()
+
+    return run
+
+
+async def _listen_auth_changes(services: Services) -> Callable[[], Awaitable[None]] | None:
+    """Tokens, policies, audit devices or the keyring changed on another node: drop what
+    this node cached (the caches also expire within seconds, should a notification be
+    lost; the re-encrypt job reloads the keyring every five minutes)."""
+    refreshing: set[asyncio.Task[None]] = set()
+
+    async def refresh() -> None:
+        with contextlib.suppress(BrokerError):
+            await services.storage.reload_keyring()  # a rotation on another node
+            await services.auditor.refresh()
+
+    def changed() -> None:
+        services.tokens.invalidate()
+        services.policies.invalidate()
+        if not services.seal.sealed:
+            task = asyncio.get_running_loop().create_task(refresh())
+            refreshing.add(task)
+            task.add_done_callback(refreshing.discard)
+
+    try:
+        return await services.storage.listen("broker_auth", changed, services.tokens.invalidate)
+    except BrokerError:
+        log.warning("not listening for auth changes; caches expire on their own")
+        return None
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -234,6 +380,13 @@ async def start_server(
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+            if settings.tls_client_ca_file:
+                ssl_context.load_verify_locations(settings.tls_client_ca_file)
+                ssl_context.verify_mode = (
+                    ssl.CERT_REQUIRED if settings.tls_require_client_cert else ssl.CERT_OPTIONAL
+                )
+            elif settings.tls_require_client_cert:
+                raise ValueError("tls_require_client_cert needs tls_client_ca_file")
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
         await site.start()
     except BaseException:

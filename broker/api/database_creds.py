@@ -9,7 +9,10 @@ from broker.api.responses import vault_response
 
 
 async def read_creds(ctx: RequestContext) -> web.StreamResponse:
-    issued = await ctx.services.leases.issue(ctx.mount, ctx.arg("name"), ctx.display_name)
+    caller = ctx.require_caller()
+    issued = await ctx.services.leases.issue(
+        ctx.mount, ctx.arg("name"), caller.display_name, caller.accessor
+    )
     return vault_response(
         {"username": issued.username, "password": issued.password},
         lease_id=issued.lease_id,

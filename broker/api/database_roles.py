@@ -7,6 +7,18 @@ from aiohttp import web
 from broker.api.context import RequestContext
 from broker.api.responses import list_response, no_content, vault_response
 from broker.catalog import RoleUpdate
+from broker.exceptions import InvalidRequest
+
+
+def _count(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest("max_leases: expected an integer")
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidRequest("max_leases: expected an integer") from exc
 
 
 async def write_role(ctx: RequestContext) -> web.StreamResponse:
@@ -19,6 +31,8 @@ async def write_role(ctx: RequestContext) -> web.StreamResponse:
         renew_statements=p.statements("renew_statements"),
         default_ttl=p.ttl("default_ttl"),
         max_ttl=p.ttl("max_ttl"),
+        orphan_leases=p.flag("orphan_leases"),
+        max_leases=_count(p.raw("max_leases")),
     )
     p.raw("credential_type")
     warnings = await ctx.services.catalog.write_role(ctx.mount, ctx.arg("name"), update)
@@ -38,6 +52,8 @@ async def read_role(ctx: RequestContext) -> web.StreamResponse:
         "renew_statements": list(r.renew_statements),
         "default_ttl": r.default_ttl,
         "max_ttl": r.max_ttl,
+        "orphan_leases": r.orphan_leases,
+        "max_leases": r.max_leases,
         "credential_type": "password",
     }
     return vault_response(data)

@@ -30,6 +30,10 @@ class Params:
             raise InvalidRequest("parameters must not contain NUL characters")
         return cls(values)
 
+    def audit_view(self) -> dict[str, Any]:
+        """Every parameter as sent, for the audit log to hash."""
+        return dict(self._values)
+
     def has(self, name: str) -> bool:
         return name in self._values
 

@@ -36,6 +36,10 @@ class Route:
     authenticated: bool = True
     #: The path with ``:name`` for each variable part: a bounded metrics label.
     template: str = ""
+    #: Vault's root-protected paths: the policy must also grant ``sudo``.
+    sudo: bool = False
+    #: Served while sealed (seal status, init, unseal, health); every other path is a 503.
+    sealed_ok: bool = False
 
 
 def path_template(pattern: str) -> str:
@@ -44,12 +48,21 @@ def path_template(pattern: str) -> str:
     return text.replace("(?:", "").replace(")?", "").replace("/?", "")
 
 
-def route(pattern: str, authenticated: bool = True, **handlers: Handler) -> Route:
+def route(
+    pattern: str,
+    authenticated: bool = True,
+    *,
+    sudo: bool = False,
+    sealed_ok: bool = False,
+    **handlers: Handler,
+) -> Route:
     return Route(
         re.compile(pattern + r"\Z"),
         {Operation(op): fn for op, fn in handlers.items()},
         authenticated,
         path_template(pattern),
+        sudo,
+        sealed_ok,
     )
 
 

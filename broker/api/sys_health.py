@@ -12,15 +12,32 @@ from broker.api.responses import json_response, vault_response
 from broker.exceptions import StorageUnavailable
 
 
+def _code(ctx: RequestContext, name: str, default: int) -> int:
+    value = ctx.request.query.get(name, "")
+    return int(value) if value.isdigit() and 200 <= int(value) <= 599 else default
+
+
 async def read_health(ctx: RequestContext) -> web.StreamResponse:
+    """Vault's codes: 200 unsealed, 501 not initialised, 503 sealed or storage down;
+    ``sealedcode`` and ``uninitcode`` override them, as in Vault."""
     storage_ok = True
+    initialized = True
     try:
-        await ctx.services.storage.ping()
+        initialized = (await ctx.services.seal.status())["initialized"]
     except StorageUnavailable:
         storage_ok = False
+    sealed = ctx.services.seal.sealed
+    if not storage_ok:
+        status = 503
+    elif not initialized:
+        status = _code(ctx, "uninitcode", 501)
+    elif sealed:
+        status = _code(ctx, "sealedcode", 503)
+    else:
+        status = _code(ctx, "activecode", 200)
     body = {
-        "initialized": True,
-        "sealed": False,
+        "initialized": initialized,
+        "sealed": sealed,
         "standby": False,
         "performance_standby": False,
         "replication_performance_mode": "disabled",
@@ -31,7 +48,7 @@ async def read_health(ctx: RequestContext) -> web.StreamResponse:
         "node_id": ctx.services.nodes.identity.node_id,
         "storage": "ok" if storage_ok else "unavailable",
     }
-    return json_response(body, 200 if storage_ok else 503)
+    return json_response(body, status)
 
 
 async def read_ha_status(ctx: RequestContext) -> web.StreamResponse:

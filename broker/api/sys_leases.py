@@ -40,6 +40,8 @@ async def lookup_lease(ctx: RequestContext) -> web.StreamResponse:
         "last_error": lease.last_error,
         "next_attempt_time": _iso(lease.due_at) if lease.state == "revoking" else None,
         "revoke_time": _iso(lease.revoked_at),
+        # The token that asked for it (revoking that token revokes this lease).
+        "token_accessor": lease.token_accessor,
     }
     return vault_response(data, top_level=True)
 

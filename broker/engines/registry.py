@@ -68,6 +68,11 @@ class EngineRegistry:
         for key in [k for k in self._engines if k[0] == mount and name in (None, k[1])]:
             self._close_later(self._engines.pop(key)[1])
 
+    def forget_all(self) -> None:
+        """On seal: no pool keeps a target password alive in this process."""
+        for key in list(self._engines):
+            self._close_later(self._engines.pop(key)[1])
+
     def _close_later(self, engine: DatabaseEngine) -> None:
         task = asyncio.get_running_loop().create_task(engine.close())
         self._closing.add(task)

@@ -111,6 +111,9 @@ class World:
             "BROKER_CREATION_TIMEOUT": str(CREATION_TIMEOUT),
             "BROKER_REVOKE_BACKOFF_MAX": "2",
             "BROKER_SHUTDOWN_TIMEOUT": "5",
+            "BROKER_SEAL_TYPE": "env",
+            "BROKER_SEAL_KEY": secrets.token_hex(32),
+            "BROKER_AUTO_INIT": "true",
         }
         for i in range(self.node_count):
             port = free_port()

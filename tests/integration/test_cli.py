@@ -26,6 +26,7 @@ from tests.support import (
     broker_process,
     mysql_user_exists,
     pg_role_exists,
+    unseal_for_test,
     wait_healthy,
 )
 
@@ -93,6 +94,7 @@ async def test_revoke_expired_sweeps_once_and_reports_failures(pg_target: PgClus
     try:
         await apply_migrations(pool)
         storage = Storage(pool)
+        await unseal_for_test(storage)
         leases = LeaseManager(storage, engines, settings)
         catalog = Catalog(storage, engines, leases, settings)
         await catalog.enable_mount("database", "database")

@@ -123,6 +123,8 @@ async def test_storage_outage_503_and_recovery_without_restart(
             root_token=TOKEN,
             listen_address=f"127.0.0.1:{free_port()}",
             sweep_interval=0.2,
+            seal_type="env",
+            auto_init=True,
         )
         runner = await start_server(settings_)
         http = VaultHTTP(http_session, f"http://{settings_.listen_address}", TOKEN)

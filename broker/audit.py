@@ -1,0 +1,261 @@
+"""Audit devices: one request entry and one response entry per call, hash-chained.
+
+Every entry names the SHA-256 of the line before it (``prev_hash``), so a line edited or
+deleted breaks the chain at the next line; ``broker audit verify`` finds the first break.
+Secret values (passwords, tokens, secret IDs, anything in request or response data) are
+replaced by ``hmac-sha256:<hex>`` under the install's audit key, as Vault does; an operator
+finds a known value with ``sys/audit-hash``. Vault's rule holds: when no enabled device can
+record an entry, the request fails rather than go unaudited.
+
+Devices: ``file`` (JSON lines appended to a path, or ``stdout``) and ``table`` (rows in the
+storage database, one chain per node since nodes write concurrently).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from broker.batching import GroupCommit
+from broker.exceptions import AuditFailed, InvalidRequest, NotFound
+from broker.models import AuditDevice
+from broker.storage import Storage
+
+log = logging.getLogger(__name__)
+DEVICE_TYPES = ("file", "table")
+GENESIS = "0" * 64
+#: Keys whose values stay readable in the audit log: identifiers, never secrets.
+_PLAIN_KEYS = frozenset(
+    {"lease_id", "request_id", "accessor", "policies", "token_policies", "lease_duration"}
+)
+
+
+def line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode()).hexdigest()
+
+
+def render_line(entry: Mapping[str, Any], prev_hash: str) -> str:
+    return json.dumps({**entry, "prev_hash": prev_hash}, separators=(",", ":"), default=str)
+
+
+def hash_values(value: Any, hmac: Callable[[str], str], key: str = "") -> Any:
+    """Every string leaf replaced by its HMAC, but for the identifier keys above."""
+    if isinstance(value, Mapping):
+        return {k: hash_values(v, hmac, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [hash_values(v, hmac, key) for v in value]
+    if isinstance(value, str) and value and key not in _PLAIN_KEYS:
+        return hmac(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    line_number: int
+    reason: str
+
+
+def verify_lines(lines: Iterator[str]) -> tuple[int, ChainBreak | None]:
+    """(entries checked, first break or None). The first entry's ``prev_hash`` is taken as
+    given: a file may continue a chain begun in a rotated-away file."""
+    previous: str | None = None
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\n")
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+            prev = entry["prev_hash"]
+        except (ValueError, KeyError, TypeError):
+            return count, ChainBreak(number, "not an audit entry (unparseable or no prev_hash)")
+        if previous is not None and prev != line_hash(previous):
+            return count, ChainBreak(
+                number,
+                "prev_hash does not match the line before: that line or this one "
+                "was edited, or lines between them were removed",
+            )
+        previous = line
+        count += 1
+    return count, None
+
+
+class _Sink(Protocol):
+    async def write(self, lines: Sequence[str]) -> None: ...
+
+    async def head(self) -> str: ...
+
+
+class FileSink:
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    async def head(self) -> str:
+        return self._read_head()
+
+    def _read_head(self) -> str:
+        """The hash of the file's last line: the chain continues across restarts."""
+        if self._path == "stdout" or not os.path.exists(self._path):
+            return GENESIS
+        with open(self._path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 1_048_576))
+            tail = fh.read().decode(errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+        return line_hash(tail) if tail else GENESIS
+
+    async def write(self, lines: Sequence[str]) -> None:
+        self._append(lines)
+
+    def _append(self, lines: Sequence[str]) -> None:
+        """One write(2) with O_APPEND: lines of one batch stay together and in order."""
+        text = "".join(line + "\n" for line in lines)
+        if self._path == "stdout":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+class TableSink:
+    def __init__(self, storage: Storage, device: str, node_id: str) -> None:
+        self._storage = storage
+        self._device = device
+        self._node_id = node_id
+
+    async def head(self) -> str:
+        last = await self._storage.last_audit_entry(self._device, self._node_id)
+        return line_hash(last) if last else GENESIS
+
+    async def write(self, lines: Sequence[str]) -> None:
+        await self._storage.insert_audit_entries(self._device, self._node_id, lines)
+
+
+class _Chain:
+    """One device's writer: entries are chained in submission order and written in that
+    order (group commit keeps order); a failed write makes the head be re-read."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+        self._head: str | None = None
+        self._writes: GroupCommit[str, None] = GroupCommit(self._flush)
+
+    async def _flush(self, lines: Sequence[str]) -> list[None]:
+        try:
+            await self._sink.write(lines)
+        except BaseException:
+            self._head = None
+            raise
+        return [None] * len(lines)
+
+    async def append(self, entry: Mapping[str, Any]) -> None:
+        if self._head is None:
+            self._head = await self._sink.head()
+        line = render_line(entry, self._head)
+        self._head = line_hash(line)
+        await self._writes.submit(line)
+
+
+class Auditor:
+    def __init__(self, storage: Storage, node_id: str) -> None:
+        self._storage = storage
+        self._node_id = node_id
+        self._chains: dict[str, _Chain] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._chains)
+
+    async def refresh(self) -> None:
+        devices = await self._storage.list_audit_devices()
+        chains = {}
+        for device in devices:
+            chains[device.path] = self._chains.get(device.path) or _Chain(self._sink(device))
+        self._chains = chains
+
+    def _sink(self, device: AuditDevice) -> _Sink:
+        if device.type == "file":
+            return FileSink(device.options.get("file_path", "stdout"))
+        return TableSink(self._storage, device.path, self._node_id)
+
+    async def enable(
+        self, path: str, type_: str, description: str, options: dict[str, str]
+    ) -> None:
+        path = path.strip("/")
+        if not path:
+            raise InvalidRequest("audit device path is required")
+        if type_ not in DEVICE_TYPES:
+            raise InvalidRequest(f"unknown audit device type {type_!r}; use file or table")
+        if type_ == "file":
+            target = options.get("file_path") or options.get("path")
+            if not target:
+                raise InvalidRequest("file_path is required for a file audit device")
+            options = {**options, "file_path": target}
+            options.pop("path", None)
+            if target != "stdout":
+                try:  # Vault checks the device can write before enabling it
+                    os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+                except OSError as exc:
+                    raise InvalidRequest(f"cannot open {target}: {exc.strerror}") from exc
+        device = AuditDevice(path, type_, description, options)
+        if not await self._storage.insert_audit_device(device):
+            raise InvalidRequest(f"path already in use: {path}")
+        await self._changed()
+
+    async def disable(self, path: str) -> None:
+        await self._storage.delete_audit_device(path.strip("/"))
+        await self._changed()
+
+    async def list(self) -> list[AuditDevice]:
+        return await self._storage.list_audit_devices()
+
+    async def _changed(self) -> None:
+        await self.refresh()
+        await self._storage.notify_auth_changed("audit")
+
+    async def record(self, entry: Mapping[str, Any]) -> None:
+        """Write to every device; fail only when none could record it."""
+        if not self._chains:
+            return
+        failures = 0
+        for path, chain in list(self._chains.items()):
+            try:
+                await chain.append(entry)
+            except Exception as exc:
+                failures += 1
+                log.error("audit device %s failed: %s", path, type(exc).__name__)
+        if failures == len(self._chains):
+            raise AuditFailed()
+
+    async def verify_table(self, path: str) -> dict[str, Any]:
+        """Check the chains of a table device, per node."""
+        devices = {d.path: d for d in await self._storage.list_audit_devices()}
+        if devices.get(path.strip("/")) is None:
+            raise NotFound()
+        by_node: dict[str, list[str]] = {}
+        for node_id, line in await self._storage.audit_entries(path.strip("/")):
+            by_node.setdefault(node_id, []).append(line)
+        report = {}
+        for node_id, lines in by_node.items():
+            count, broken = verify_lines(iter(lines))
+            report[node_id] = {
+                "entries": count,
+                "break": None if broken is None else broken.line_number,
+                "reason": None if broken is None else broken.reason,
+            }
+        return report
+
+
+def now_text() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
