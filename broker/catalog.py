@@ -7,6 +7,7 @@ connection reachable), so a bad configuration is a 400 on write, not a failure a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,24 @@ PER_TABLE_GRANT_WARNING = (
     "such grants and refuses them past about 2,400 live users per table; granting "
     'membership in a prepared group role (GRANT readers TO "{{name}}") scales instead'
 )
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """A socket path is local; an IP address must lie in a listed network; a name must be
+    listed as written (resolving it here would itself reach out, and could be rebound)."""
+    if host.startswith("/"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower() in {a.lower() for a in allowed}
+    for entry in allowed:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def check_name(kind: str, name: str) -> str:
@@ -171,6 +190,7 @@ class Catalog:
         if connection.username_template:
             UsernameTemplate(connection.username_template)
         engine = build_engine(connection)  # parses the URL: a 400 here if it is malformed
+        self._check_target_hosts(engine.target_hosts())
         try:
             if connection.verify_connection:
                 try:
@@ -183,6 +203,16 @@ class Catalog:
             await engine.close()
         await self._storage.upsert_connection(connection)
         await self._changed()
+
+    def _check_target_hosts(self, hosts: tuple[str, ...]) -> None:
+        allowed = [a.strip() for a in self._settings.allowed_target_hosts.split(",") if a.strip()]
+        if not allowed:
+            return
+        for host in hosts:
+            if not host_allowed(host, allowed):
+                raise InvalidRequest(
+                    f"connection_url: host {host!r} is not in allowed_target_hosts"
+                )
 
     async def read_connection(self, mount: str, name: str) -> Connection:
         connection = await self._storage.get_connection(mount, name)

@@ -38,6 +38,10 @@ class Settings:
     rate_limit_per_address: float = 0.0
     rate_limit_per_token: float = 0.0
     rate_limit_burst: int = 0
+    #: Where connections may point: comma-separated host names and IP networks (CIDR), e.g.
+    #: "10.0.0.0/8, db.internal". Empty: anywhere. Stops a policy holder who may write
+    #: database/config from making the broker connect (and send credentials) elsewhere.
+    allowed_target_hosts: str = ""
     #: Service tokens' TTL when none is asked for, and their ceiling.
     token_default_ttl: int = VAULT_DEFAULT_TTL
     token_max_ttl: int = VAULT_DEFAULT_TTL

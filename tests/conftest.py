@@ -168,6 +168,19 @@ async def create_database(pg_cluster: PgCluster, prefix: str) -> str:
     return name
 
 
+@pytest.fixture
+async def fresh_storage_db(pg_target: PgCluster) -> AsyncIterator[str]:
+    """An empty storage database on the test cluster, for a broker of the test's own;
+    dropped afterwards."""
+    name = await create_database(pg_target, "brkt_storage")
+    yield name
+    admin = await asyncpg.connect(pg_target.dsn())
+    try:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
 @dataclass(frozen=True)
 class RunningBroker:
     address: str

@@ -189,3 +189,15 @@ async def unseal_for_test(storage: Any) -> None:
     await SealManager(
         storage, settings, TokenManager(storage, settings).create_root
     ).try_auto_unseal()
+
+
+async def pg_logs_in(port: int, user: str, password: str, database: str = "app") -> bool:
+    """Whether ``user``/``password`` log in on the test cluster (it checks passwords)."""
+    try:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user=user, password=password, database=database
+        )
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        return False
+    await conn.close()
+    return True

@@ -16,6 +16,7 @@ from aiohttp import web
 from broker.api.context import SERVICES, RequestContext, Services
 
 __all__ = ["SERVICES", "create_app", "start_server"]
+from broker.api import console
 from broker.api.audit_entries import audit_request_entry, audit_response_part
 from broker.api.listmethod import VaultAppRunner
 from broker.api.params import Params
@@ -212,6 +213,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[request_context, vault_errors], client_max_size=settings.max_request_bytes
     )
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
+    console.add_routes(app)
     app.cleanup_ctx.append(_services_ctx(settings))
     return app
 

@@ -15,6 +15,7 @@ from broker.api import (
     sys_leases,
     sys_metrics,
     sys_mounts,
+    sys_openapi,
     sys_policy,
     sys_seal,
 )
@@ -36,6 +37,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"auth/token/revoke-orphan", sudo=True, update=auth_token.revoke_orphan),
     route(r"auth/token/accessors/?", sudo=True, list=auth_token.list_accessors),
     route(r"sys/health", authenticated=False, sealed_ok=True, read=sys_health.read_health),
+    route(r"sys/internal/specs/openapi", authenticated=False, read=sys_openapi.read_openapi),
     route(
         r"sys/init",
         authenticated=False,

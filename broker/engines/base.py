@@ -54,6 +54,10 @@ class DatabaseEngine(Protocol):
     #: How many revocations ``revoke_users`` takes at once to good effect.
     revoke_batch_size: int
 
+    def target_hosts(self) -> tuple[str, ...]:
+        """Where the connection goes, as written (host names, IP addresses, or a socket
+        path starting with '/'), for ``allowed_target_hosts``."""
+
     async def verify_connection(self) -> None:
         """Connect and run a trivial query; raise ``TargetUnavailable`` saying why not."""
 

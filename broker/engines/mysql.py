@@ -139,6 +139,9 @@ class MySQLEngine:
         #: One user per call: the sweep's concurrency then applies per user.
         self.revoke_batch_size = 1
 
+    def target_hosts(self) -> tuple[str, ...]:
+        return (str(self._args.get("unix_socket") or self._args["host"]),)
+
     async def _get_pool(self) -> aiomysql.Pool:
         if self._pool is not None:
             return self._pool

@@ -192,6 +192,10 @@ class PostgresEngine:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
+    def target_hosts(self) -> tuple[str, ...]:
+        host = str(self._connect_args.get("host") or "localhost")  # libpq's default
+        return tuple(h.strip() for h in host.split(",") if h.strip())
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _secrets(self, extra: tuple[str, ...] = ()) -> tuple[str, ...]:

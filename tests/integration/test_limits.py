@@ -7,12 +7,10 @@ import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from broker.api.app import start_server
 from broker.embedded import free_port
 from broker.settings import Settings
-from tests.conftest import PG_READONLY, TOKEN, PgCluster, RunningBroker, create_database
+from tests.conftest import PG_READONLY, TOKEN, PgCluster, RunningBroker
+from tests.support import VaultHTTP
 
 
 async def test_lease_quota_answers_429(broker: RunningBroker) -> None:
@@ -48,14 +47,8 @@ async def test_lease_quota_answers_429(broker: RunningBroker) -> None:
 
 
 @pytest.fixture
-async def storage_db(pg_target: PgCluster) -> AsyncIterator[str]:
-    name = await create_database(pg_target, "brkt_limits")
-    yield pg_target.dsn(name)
-    admin = await asyncpg.connect(pg_target.dsn())
-    try:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+def storage_db(pg_target: PgCluster, fresh_storage_db: str) -> str:
+    return pg_target.dsn(fresh_storage_db)
 
 
 def _settings(storage_dsn: str, **changes: Any) -> Settings:
@@ -194,5 +187,47 @@ async def test_tls_listener_requires_client_certificates(storage_db: str, tmp_pa
             with pytest.raises(aiohttp.ClientError):
                 async with session.get(url, ssl=without) as resp:
                     await resp.read()
+    finally:
+        await runner.cleanup()
+
+
+async def test_connections_are_held_to_allowed_target_hosts(
+    storage_db: str, http_session: aiohttp.ClientSession
+) -> None:
+    settings = _settings(storage_db, allowed_target_hosts="127.0.0.0/8, db.internal")
+    runner = await start_server(settings)
+    http = VaultHTTP(http_session, f"http://{settings.listen_address}", TOKEN)
+    try:
+        assert (await http.write("sys/mounts/database", {"type": "database"})).status == 204
+        for url in (
+            "postgresql://{{username}}:{{password}}@10.1.2.3:5432/app",
+            "postgresql://{{username}}:{{password}}@example.com/app",
+            "host=192.0.2.1 dbname=app",
+        ):
+            reply = await http.write(
+                "database/config/x",
+                {"plugin_name": "postgresql-database-plugin", "connection_url": url},
+            )
+            assert reply.status == 400, (url, reply.body)
+            assert "allowed_target_hosts" in reply.errors[0]
+        reply = await http.write(
+            "database/config/x",
+            {
+                "plugin_name": "mysql-database-plugin",
+                "connection_url": "{{username}}:{{password}}@tcp(8.8.8.8:3306)/",
+            },
+        )
+        assert reply.status == 400 and "allowed_target_hosts" in reply.errors[0]
+        # Loopback is allowed (and really connected to).
+        reply = await http.write(
+            "database/config/my",
+            {
+                "plugin_name": "mysql-database-plugin",
+                "connection_url": "{{username}}:{{password}}@tcp(127.0.0.1:3306)/",
+                "username": "root",
+                "password": "",
+            },
+        )
+        assert reply.status == 204, reply.body
     finally:
         await runner.cleanup()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,15 @@ from broker.api.app import start_server
 from broker.embedded import free_port
 from broker.seal import SealConfigError, generate_seal_key
 from broker.settings import Settings
-from tests.conftest import PG_READONLY, PgCluster, create_database
-from tests.support import ISSUED_PASSWORDS, VaultHTTP, eventually, pg_role_exists, run_cli
-
-
-@pytest.fixture
-async def shamir_storage(pg_target: PgCluster) -> AsyncIterator[str]:
-    name = await create_database(pg_target, "brkt_seal")
-    yield name
-    admin = await asyncpg.connect(pg_target.dsn())
-    try:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+from tests.conftest import PG_READONLY, PgCluster
+from tests.support import (
+    ISSUED_PASSWORDS,
+    VaultHTTP,
+    eventually,
+    pg_logs_in,
+    pg_role_exists,
+    run_cli,
+)
 
 
 def _settings(pg: PgCluster, database: str) -> Settings:
@@ -46,9 +41,9 @@ def _settings(pg: PgCluster, database: str) -> Settings:
 
 
 async def test_init_unseal_seal_restart_and_rotate(
-    pg_target: PgCluster, shamir_storage: str, http_session: Any
+    pg_target: PgCluster, fresh_storage_db: str, http_session: Any
 ) -> None:
-    settings = _settings(pg_target, shamir_storage)
+    settings = _settings(pg_target, fresh_storage_db)
     runner = await start_server(settings)
     address = f"http://{settings.listen_address}"
     try:
@@ -76,7 +71,7 @@ async def test_init_unseal_seal_restart_and_rotate(
         client.token = root_token
 
         password = await _configure_and_issue(http, pg_target)
-        stored = await _stored_connection_password(pg_target, shamir_storage)
+        stored = await _stored_connection_password(pg_target, fresh_storage_db)
         assert stored.startswith("enc:1:") and password not in stored
 
         # Sealing drops the keys: nothing is served, nothing is issued, nothing revoked.
@@ -114,14 +109,14 @@ async def test_init_unseal_seal_restart_and_rotate(
         assert (await http.write("sys/rotate")).status == 204
         status_reply = await http.read("sys/key-status")
         assert status_reply.data["term"] == 2
-        stored = await _stored_connection_password(pg_target, shamir_storage)
+        stored = await _stored_connection_password(pg_target, fresh_storage_db)
         assert stored.startswith("enc:2:")
         creds = await http.creds("brkt-pg-sealed")
         await _log_in(pg_target, creds.data["username"], creds.data["password"])
 
         # A dump of storage holds no secret in plain text.
         token = (await http.write("auth/token/create", {"ttl": "5m"})).body["auth"]
-        dump = _pg_dump(pg_target, shamir_storage)
+        dump = _pg_dump(pg_target, fresh_storage_db)
         assert "broker_connections" in dump and "enc:2:" in dump
         secrets_ = [
             pg_target.server.password,
@@ -138,9 +133,9 @@ async def test_init_unseal_seal_restart_and_rotate(
 
 
 async def test_wrong_unseal_keys_reset_and_bad_init(
-    pg_target: PgCluster, shamir_storage: str, http_session: Any
+    pg_target: PgCluster, fresh_storage_db: str, http_session: Any
 ) -> None:
-    settings = _settings(pg_target, shamir_storage)
+    settings = _settings(pg_target, fresh_storage_db)
     runner = await start_server(settings)
     address = f"http://{settings.listen_address}"
     try:
@@ -193,10 +188,7 @@ async def _configure_and_issue(http: VaultHTTP, pg: PgCluster) -> str:
 
 
 async def _log_in(pg: PgCluster, user: str, password: str) -> None:
-    conn = await asyncpg.connect(
-        host="127.0.0.1", port=pg.server.port, user=user, password=password, database="app"
-    )
-    await conn.close()
+    assert await pg_logs_in(pg.server.port, user, password)
 
 
 async def _stored_connection_password(pg: PgCluster, database: str) -> str:
@@ -218,8 +210,8 @@ def _pg_dump(pg: PgCluster, database: str) -> str:
     return result.stdout
 
 
-async def test_operator_cli_init_and_unseal(pg_target: PgCluster, shamir_storage: str) -> None:
-    settings = _settings(pg_target, shamir_storage)
+async def test_operator_cli_init_and_unseal(pg_target: PgCluster, fresh_storage_db: str) -> None:
+    settings = _settings(pg_target, fresh_storage_db)
     runner = await start_server(settings)
     env = {"BROKER_ADDR": f"http://{settings.listen_address}"}
 
@@ -246,11 +238,11 @@ async def test_operator_cli_init_and_unseal(pg_target: PgCluster, shamir_storage
 
 
 async def test_file_auto_unseal_initialises_and_reopens(
-    pg_target: PgCluster, shamir_storage: str, http_session: Any, tmp_path: Path
+    pg_target: PgCluster, fresh_storage_db: str, http_session: Any, tmp_path: Path
 ) -> None:
     key_file = tmp_path / "seal.key"
     key_file.write_text(generate_seal_key() + "\n")
-    settings = _settings(pg_target, shamir_storage).replace(
+    settings = _settings(pg_target, fresh_storage_db).replace(
         seal_type="file", seal_key_file=str(key_file)
     )
     address = f"http://{settings.listen_address}"

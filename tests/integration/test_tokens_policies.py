@@ -9,13 +9,12 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import hvac
 import hvac.exceptions
 import pytest
 
 from tests.conftest import PgCluster, RunningBroker
-from tests.support import ISSUED_PASSWORDS, eventually, mysql_user_exists
+from tests.support import ISSUED_PASSWORDS, eventually, mysql_user_exists, pg_logs_in
 
 CREDS_POLICY = """
 path "database/creds/brkt-pg-*" {
@@ -38,17 +37,6 @@ path "sys/leases/*" {
 
 def _hvac(broker: RunningBroker, token: str | None = None) -> hvac.Client:
     return hvac.Client(url=broker.address, token=token or broker.http.token)
-
-
-async def _can_log_in_pg(pg: PgCluster, username: str, password: str) -> bool:
-    try:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=pg.server.port, user=username, password=password, database="app"
-        )
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
-        return False
-    await conn.close()
-    return True
 
 
 def _creds(client: hvac.Client, role: str) -> dict[str, Any]:
@@ -140,7 +128,7 @@ async def test_revoking_a_token_revokes_its_children_and_their_leases(
     user, password = pg["data"]["username"], pg["data"]["password"]
 
     async def pg_gone() -> bool:
-        return not await _can_log_in_pg(pg_target, user, password)
+        return not await pg_logs_in(pg_target.server.port, user, password)
 
     async def my_gone() -> bool:
         return not await mysql_user_exists(my["data"]["username"])
@@ -180,7 +168,7 @@ async def test_orphan_leases_outlive_the_token(broker: RunningBroker, pg_target:
     revoked = await broker.http.write("auth/token/revoke", {"token": token["client_token"]})
     assert revoked.status == 204
     await asyncio.sleep(1.0)  # several sweeps
-    assert await _can_log_in_pg(pg_target, creds.data["username"], creds.data["password"])
+    assert await pg_logs_in(pg_target.server.port, creds.data["username"], creds.data["password"])
     assert (await broker.http.write(f"sys/leases/revoke/{creds.body['lease_id']}")).status == 204
     await broker.http.delete(f"database/roles/{role}")
 
@@ -200,7 +188,7 @@ async def test_use_limited_and_expiring_tokens(broker: RunningBroker, pg_target:
     user, password = creds.data["username"], creds.data["password"]
 
     async def gone() -> bool:
-        return not await _can_log_in_pg(pg_target, user, password)
+        return not await pg_logs_in(pg_target.server.port, user, password)
 
     await eventually(gone, within=20, interval=0.5)
     reply = await broker.http.call("GET", "auth/token/lookup-self", token=short["client_token"])
