@@ -20,7 +20,7 @@ from broker.models import Connection, Mount, Role
 from broker.secrets_gen import random_string
 from broker.settings import Settings
 from broker.storage import Storage
-from broker.templates import STATEMENT_VARIABLES, UsernameTemplate, check_statements
+from broker.templates import ROLE_STATEMENT_KINDS, UsernameTemplate, check_statements
 
 MOUNT_TYPES = ("database",)
 _MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
@@ -214,6 +214,16 @@ class Catalog:
                     f"connection_url: host {host!r} is not in allowed_target_hosts"
                 )
 
+    async def reset_connection(self, mount: str, name: str) -> None:
+        """Vault's reset: drop this node's pool; the next use reconnects with what is
+        stored (another node's rotate-root, a password changed outside the broker)."""
+        await self.read_connection(mount, name)
+        self._engines.forget(mount, name)
+        await self._changed()
+
+    async def connection_changed(self) -> None:
+        await self._changed()
+
     async def read_connection(self, mount: str, name: str) -> Connection:
         connection = await self._storage.get_connection(mount, name)
         if connection is None:
@@ -248,7 +258,7 @@ class Catalog:
             base = existing
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
         role = dataclasses.replace(base, **changes)
-        for kind in STATEMENT_VARIABLES:
+        for kind in ROLE_STATEMENT_KINDS:
             check_statements(kind, getattr(role, kind))
         if role.max_leases < 0:
             raise InvalidRequest("max_leases cannot be negative")

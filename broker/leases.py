@@ -35,6 +35,7 @@ from broker.exceptions import (
 from broker.faults import crash_point
 from broker.metrics import Metrics
 from broker.models import ClaimedLease, Connection, Lease, NewLease, Role
+from broker.password_policy import PasswordPolicyStore
 from broker.secrets_gen import generate_password, lease_suffix
 from broker.settings import Settings
 from broker.storage import Storage
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 #: broker's own revocation (which also ends sessions) normally comes first.
 EXPIRATION_GRACE = dt.timedelta(seconds=5)
 _BACKOFF_BASE = 1.0
+
+
+_TIDY_BATCH = 1000
 
 
 def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
@@ -90,8 +94,10 @@ class LeaseManager:
         settings: Settings,
         contexts: IssueContextCache | None = None,
         metrics: Metrics | None = None,
+        passwords: PasswordPolicyStore | None = None,
     ) -> None:
         self._metrics = metrics
+        self._passwords = passwords
         self._storage = storage
         self._engines = engines
         self._settings = settings
@@ -233,7 +239,11 @@ class LeaseManager:
             inserted.set_result(None)
         crash_point("after_lease_insert")
 
-        password = generate_password()
+        policy = connection.options.get("password_policy")
+        if policy and self._passwords is not None:
+            password = await self._passwords.generate(policy)
+        else:
+            password = generate_password()
         try:
             # Bounded by the creation timeout: past it the sweep owns the lease, and the
             # recheck that follows a takeover assumes no creator is still at work.
@@ -382,6 +392,22 @@ class LeaseManager:
         if self._metrics is not None:
             self._metrics.sweep_seconds.observe(result.seconds)
         return result
+
+    async def tidy(self) -> int:
+        """Remove revoked and failed lease rows older than the retention, in batches, so
+        the table stays small; live leases are never candidates."""
+        removed = 0
+        while True:
+            batch = await self._storage.tidy_leases(self._settings.lease_retention, _TIDY_BATCH)
+            removed += batch
+            if batch < _TIDY_BATCH:
+                break
+        removed_wraps = await self._storage.tidy_wrapped_responses()
+        if removed or removed_wraps:
+            log.info(
+                "tidied %d lease row(s), %d expired wrapped response(s)", removed, removed_wraps
+            )
+        return removed
 
     async def wait_for_sweep(self, grace_seconds: float) -> None:
         """Return once no sweep is running (or after ``grace_seconds``)."""

@@ -167,3 +167,24 @@ class AuditDevice:
     type: str
     description: str
     options: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRole:
+    """A static role as stored; ``password`` and ``pending_password`` are decrypted by
+    storage on the way out."""
+
+    mount: str
+    name: str
+    db_name: str
+    username: str
+    rotation_period: int
+    rotation_schedule: str
+    rotation_window: int
+    rotation_statements: tuple[str, ...]
+    password: str = field(repr=False)
+    pending_password: str | None = field(repr=False)
+    last_rotation: dt.datetime | None
+    next_rotation: dt.datetime
+    attempts: int
+    last_error: str | None

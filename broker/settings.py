@@ -42,6 +42,11 @@ class Settings:
     #: "10.0.0.0/8, db.internal". Empty: anywhere. Stops a policy holder who may write
     #: database/config from making the broker connect (and send credentials) elsewhere.
     allowed_target_hosts: str = ""
+    #: Revoked and failed lease rows are kept this long, then tidied away in batches.
+    lease_retention: int = 7 * 24 * 3600
+    tidy_interval: float = 600.0
+    #: How often each node looks for static roles due for rotation.
+    rotation_check_interval: float = 1.0
     #: Service tokens' TTL when none is asked for, and their ceiling.
     token_default_ttl: int = VAULT_DEFAULT_TTL
     token_max_ttl: int = VAULT_DEFAULT_TTL
@@ -112,7 +117,13 @@ class Settings:
 
 def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
     kind = next(f.type for f in dataclasses.fields(cls) if f.name == name)
-    if name in ("default_lease_ttl", "max_lease_ttl", "token_default_ttl", "token_max_ttl"):
+    if name in (
+        "default_lease_ttl",
+        "max_lease_ttl",
+        "token_default_ttl",
+        "token_max_ttl",
+        "lease_retention",
+    ):
         return parse_duration(value, name)
     if kind == "bool":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")

@@ -29,6 +29,7 @@ from broker.models import (
     NewLease,
     Role,
     SealRecord,
+    StaticRole,
     TokenEntry,
 )
 
@@ -45,6 +46,18 @@ def _record(cls: type[_T], row: asyncpg.Record) -> _T:
 def _connection_context(mount: str, name: str) -> str:
     """Associated data binding a connection's ciphertext to that connection."""
     return f"broker_connections/{mount}/{name}"
+
+
+def _pending_context(mount: str, name: str) -> str:
+    return f"broker_connections/{mount}/{name}/pending"
+
+
+def _static_context(mount: str, name: str) -> str:
+    return f"broker_static_roles/{mount}/{name}"
+
+
+def _wrapping_context(accessor: str) -> str:
+    return f"broker_wrapped_responses/{accessor}"
 
 
 def like_prefix(prefix: str) -> str:
@@ -658,3 +671,151 @@ class Storage:
         return [
             (row["node_id"], row["entry"]) for row in await self._fetch("audit_entries", device)
         ]
+
+    # -- password policies ----------------------------------------------------------------
+
+    async def upsert_password_policy(self, name: str, text: str) -> None:
+        await self._execute("upsert_password_policy", name, text)
+
+    async def get_password_policy(self, name: str) -> str | None:
+        value = await self._fetchval("get_password_policy", name)
+        return None if value is None else str(value)
+
+    async def list_password_policies(self) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_password_policies")]
+
+    async def delete_password_policy(self, name: str) -> None:
+        await self._execute("delete_password_policy", name)
+
+    # -- tidy -----------------------------------------------------------------------------
+
+    async def tidy_leases(self, retention_seconds: float, batch: int) -> int:
+        status = await self._execute("tidy_leases", float(retention_seconds), batch)
+        return self._rows_affected(status)
+
+    async def tidy_wrapped_responses(self) -> int:
+        return self._rows_affected(await self._execute("tidy_wrapped_responses"))
+
+    # -- response wrapping ----------------------------------------------------------------
+
+    async def insert_wrapped_response(
+        self, token_hmac: bytes, accessor: str, response: str, path: str, ttl: int
+    ) -> dt.datetime:
+        sealed = self.barrier.encrypt_text(response, _wrapping_context(accessor))
+        created: dt.datetime = await self._fetchval(
+            "insert_wrapped_response", token_hmac, accessor, sealed, path, ttl
+        )
+        return created
+
+    async def take_wrapped_response(self, token_hmac: bytes) -> dict[str, Any] | None:
+        row = await self._fetchrow("take_wrapped_response", token_hmac)
+        if row is None:
+            return None
+        found = dict(row)
+        found["response"] = await self._decrypt(
+            found["response"], _wrapping_context(found["accessor"])
+        )
+        return found
+
+    async def get_wrapped_response(self, token_hmac: bytes) -> dict[str, Any] | None:
+        row = await self._fetchrow("get_wrapped_response", token_hmac)
+        return dict(row) if row else None
+
+    async def _decrypt(self, stored: str, context: str) -> str:
+        try:
+            return self.barrier.decrypt_text(stored, context)
+        except KeyringChanged:
+            await self.reload_keyring()
+            return self.barrier.decrypt_text(stored, context)
+
+    # -- rotations (root credentials and static roles) --------------------------------------
+
+    @asynccontextmanager
+    async def rotation_lock(self, key: str) -> AsyncIterator[bool]:
+        """Whether this node got the rotation of ``key``; held until the block ends."""
+        async with self._translate(), self._pool.acquire() as conn:
+            got = bool(await conn.fetchval(self._q["try_rotation_lock"], key))
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        await conn.fetchval(self._q["release_rotation_lock"], key)
+                    except _DRIVER_ERRORS:
+                        conn.terminate()  # a dead session releases its locks
+
+    async def set_connection_pending_password(self, mount: str, name: str, password: str) -> None:
+        sealed = self.barrier.encrypt_text(password, _pending_context(mount, name))
+        await self._execute("set_connection_pending_password", mount, name, sealed)
+
+    async def connection_pending_password(self, mount: str, name: str) -> str | None:
+        stored = await self._fetchval("get_connection_pending_password", mount, name)
+        if stored is None:
+            return None
+        return await self._decrypt(str(stored), _pending_context(mount, name))
+
+    async def commit_connection_password(self, mount: str, name: str) -> bool:
+        """The pending password becomes the connection's (re-sealed under its own
+        context); False if there was none."""
+        password = await self.connection_pending_password(mount, name)
+        if password is None:
+            return False
+        sealed = self.barrier.encrypt_text(password, _connection_context(mount, name))
+        status = await self._execute("commit_connection_password", mount, name, sealed)
+        return self._rows_affected(status) > 0
+
+    async def connections_with_pending_password(self) -> list[tuple[str, str]]:
+        rows = await self._fetch("connections_with_pending_password")
+        return [(row["mount"], row["name"]) for row in rows]
+
+    async def upsert_static_role(self, r: StaticRole) -> None:
+        await self._execute(
+            "upsert_static_role",
+            r.mount,
+            r.name,
+            r.db_name,
+            r.username,
+            r.rotation_period,
+            r.rotation_schedule,
+            r.rotation_window,
+            list(r.rotation_statements),
+            r.next_rotation,
+        )
+
+    async def get_static_role(self, mount: str, name: str) -> StaticRole | None:
+        row = await self._fetchrow("get_static_role", mount, name)
+        if row is None:
+            return None
+        role = _record(StaticRole, row)
+        context = _static_context(mount, name)
+        password = await self._decrypt(role.password, context) if role.password else ""
+        pending = role.pending_password
+        if pending is not None:
+            pending = await self._decrypt(pending, context + "/pending")
+        return dataclasses.replace(role, password=password, pending_password=pending)
+
+    async def list_static_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_static_roles", mount)]
+
+    async def delete_static_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_static_role", mount, name) is not None
+
+    async def due_static_roles(self, limit: int) -> list[tuple[str, str]]:
+        rows = await self._fetch("due_static_roles", limit)
+        return [(row["mount"], row["name"]) for row in rows]
+
+    async def set_static_pending(self, mount: str, name: str, password: str) -> None:
+        sealed = self.barrier.encrypt_text(password, _static_context(mount, name) + "/pending")
+        await self._execute("set_static_pending", mount, name, sealed)
+
+    async def commit_static_rotation(
+        self, mount: str, name: str, password: str, next_rotation: dt.datetime
+    ) -> None:
+        """The new password becomes the served one (sealed under the role's context)."""
+        sealed = self.barrier.encrypt_text(password, _static_context(mount, name))
+        await self._execute("commit_static_rotation", mount, name, sealed, next_rotation)
+
+    async def fail_static_rotation(
+        self, mount: str, name: str, error: str, retry_seconds: float
+    ) -> None:
+        await self._execute("fail_static_rotation", mount, name, error, float(retry_seconds))

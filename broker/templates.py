@@ -7,10 +7,13 @@ the database's length limit forces shortening.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import hashlib
 import re
 import shlex
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 
 from broker.exceptions import InvalidRequest
@@ -21,7 +24,16 @@ STATEMENT_VARIABLES: Mapping[str, frozenset[str]] = {
     "revocation_statements": frozenset({"name", "username"}),
     "rollback_statements": frozenset({"name", "username", "password", "expiration"}),
     "renew_statements": frozenset({"name", "username", "expiration"}),
+    "rotation_statements": frozenset({"name", "username", "password"}),
+    "root_rotation_statements": frozenset({"name", "username", "password"}),
 }
+#: The statement lists of a dynamic role.
+ROLE_STATEMENT_KINDS = (
+    "creation_statements",
+    "revocation_statements",
+    "rollback_statements",
+    "renew_statements",
+)
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_.]+)\s*\}\}")
 
 
@@ -130,10 +142,35 @@ def default_username(display_name: str, role_name: str, max_length: int) -> str:
     return "_".join(["v", display[:display_len], role[:role_len], random_part, unix])
 
 
+_GO_LAYOUT = re.compile(r"2006|Z07:00|-07:00|MST|Jan|Mon|01|02|15|04|05|06")
+_GO_TOKENS = {
+    "2006": "%Y",
+    "06": "%y",
+    "01": "%m",
+    "02": "%d",
+    "15": "%H",
+    "04": "%M",
+    "05": "%S",
+    "Jan": "%b",
+    "Mon": "%a",
+    "MST": "UTC",
+    "Z07:00": "Z",
+    "-07:00": "+00:00",
+}
+
+
+def go_time_format(layout: str, moment: dt.datetime) -> str:
+    """Go's reference-time layouts (``2006-01-02T15:04:05Z07:00``), as Vault's templates
+    take them, for the common elements; always in UTC."""
+    pattern = _GO_LAYOUT.sub(lambda m: _GO_TOKENS[m.group(0)], layout.replace("%", "%%"))
+    return moment.strftime(pattern)
+
+
 class UsernameTemplate:
     """Vault's ``username_template``, the subset that needs no general Go template engine:
     ``{{.DisplayName}}``, ``{{.RoleName}}``, ``{{random N}}``, ``{{unix_time}}``,
-    ``{{unix_time_millis}}``, piped through ``truncate N``, ``lowercase``, ``uppercase`` and
+    ``{{unix_time_millis}}``, ``{{timestamp "2006-01-02"}}``, ``{{uuid}}``, piped through
+    ``truncate N``, ``truncate_sha256 N``, ``sha256``, ``lowercase``, ``uppercase`` and
     ``replace "old" "new"``. Anything else is refused when the connection is written."""
 
     _ACTION = re.compile(r"\{\{(.*?)\}\}")
@@ -150,10 +187,18 @@ class UsernameTemplate:
             )
 
     def render(self, display_name: str, role_name: str) -> str:
+        """Checked on every render, not only when the template is written: the display
+        name comes from whoever created the token, and the result is quoted into SQL."""
+
         def action(match: re.Match[str]) -> str:
             return self._pipeline(match.group(1), display_name, role_name)
 
-        return self._ACTION.sub(action, self.source)
+        rendered = self._ACTION.sub(action, self.source)
+        if not _TEMPLATE_OUTPUT.match(rendered):
+            raise InvalidRequest(
+                "username_template rendered characters other than letters, digits, '_', '.' or '-'"
+            )
+        return rendered
 
     def _pipeline(self, text: str, display_name: str, role_name: str) -> str:
         try:
@@ -174,6 +219,10 @@ class UsernameTemplate:
             value = str(int(time.time()))
         elif head == "unix_time_millis" and not args:
             value = str(int(time.time() * 1000))
+        elif head == "timestamp" and len(args) == 1:
+            value = go_time_format(args[0], dt.datetime.now(dt.UTC))
+        elif head == "uuid" and not args:
+            value = str(uuid.uuid4())
         else:
             raise InvalidRequest(f"username_template: unsupported action {text.strip()!r}")
         for stage in stages[1:]:
@@ -188,6 +237,15 @@ class UsernameTemplate:
                 value = value.upper()
             elif fn == "replace" and len(fargs) == 2:
                 value = value.replace(fargs[0], fargs[1])
+            elif fn == "truncate_sha256" and len(fargs) == 1 and fargs[0].isdigit():
+                limit = int(fargs[0])
+                if len(value) > limit:
+                    if limit < 8:
+                        raise InvalidRequest("username_template: truncate_sha256 needs >= 8")
+                    digest = hashlib.sha256(value[limit - 8 :].encode()).hexdigest()
+                    value = value[: limit - 8] + digest[:8]
+            elif fn == "sha256" and not fargs:
+                value = hashlib.sha256(value.encode()).hexdigest()
             else:
                 raise InvalidRequest(f"username_template: unsupported function {' '.join(stage)!r}")
         return value

@@ -489,3 +489,119 @@ ORDER BY id DESC LIMIT 1
 
 -- audit_entries --
 SELECT node_id, entry FROM broker_audit_log WHERE device = $1 ORDER BY node_id, id
+
+-- upsert_password_policy --
+INSERT INTO broker_password_policies (name, policy) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()
+
+-- get_password_policy --
+SELECT policy FROM broker_password_policies WHERE name = $1
+
+-- list_password_policies --
+SELECT name FROM broker_password_policies ORDER BY name
+
+-- delete_password_policy --
+DELETE FROM broker_password_policies WHERE name = $1
+
+-- tidy_leases --
+-- One batch of finished leases past the retention; live rows are never candidates.
+DELETE FROM broker_leases WHERE lease_id IN (
+    SELECT lease_id FROM broker_leases
+    WHERE state IN ('revoked', 'failed')
+      AND coalesce(revoked_at, expires_at) < now() - make_interval(secs => $1)
+    LIMIT $2
+)
+
+-- tidy_wrapped_responses --
+DELETE FROM broker_wrapped_responses WHERE expires_at <= now()
+
+-- insert_wrapped_response --
+INSERT INTO broker_wrapped_responses
+    (token_hmac, accessor, response, creation_path, ttl, expires_at)
+VALUES ($1, $2, $3, $4, $5::integer, now() + make_interval(secs => $5::integer))
+RETURNING created_at
+
+-- take_wrapped_response --
+-- Unwrapping is single use: the row goes in the statement that reads it.
+DELETE FROM broker_wrapped_responses WHERE token_hmac = $1 AND expires_at > now()
+RETURNING accessor, response, creation_path, ttl, created_at
+
+-- get_wrapped_response --
+SELECT accessor, creation_path, ttl, created_at FROM broker_wrapped_responses
+WHERE token_hmac = $1 AND expires_at > now()
+
+-- set_connection_pending_password --
+UPDATE broker_connections SET pending_password = $3 WHERE mount = $1 AND name = $2
+
+-- commit_connection_password --
+-- rotate-root confirmed: the pending password becomes the password; the version bump makes
+-- every node rebuild its pool with it.
+-- $3: the new password, sealed under the connection's own context.
+UPDATE broker_connections
+SET password = $3, pending_password = NULL, version = version + 1, updated_at = now()
+WHERE mount = $1 AND name = $2 AND pending_password IS NOT NULL
+
+-- connections_with_pending_password --
+SELECT mount, name FROM broker_connections WHERE pending_password IS NOT NULL
+
+-- get_connection_pending_password --
+SELECT pending_password FROM broker_connections WHERE mount = $1 AND name = $2
+
+-- upsert_static_role --
+INSERT INTO broker_static_roles
+    (mount, name, db_name, username, rotation_period, rotation_schedule, rotation_window,
+     rotation_statements, next_rotation)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (mount, name) DO UPDATE SET
+    db_name = EXCLUDED.db_name,
+    username = EXCLUDED.username,
+    rotation_period = EXCLUDED.rotation_period,
+    rotation_schedule = EXCLUDED.rotation_schedule,
+    rotation_window = EXCLUDED.rotation_window,
+    rotation_statements = EXCLUDED.rotation_statements,
+    next_rotation = EXCLUDED.next_rotation
+
+-- get_static_role --
+SELECT mount, name, db_name, username, rotation_period, rotation_schedule, rotation_window,
+       rotation_statements, password, pending_password, last_rotation, next_rotation,
+       attempts, last_error
+FROM broker_static_roles WHERE mount = $1 AND name = $2
+
+-- list_static_roles --
+SELECT name FROM broker_static_roles WHERE mount = $1 ORDER BY name
+
+-- delete_static_role --
+DELETE FROM broker_static_roles WHERE mount = $1 AND name = $2 RETURNING name
+
+-- try_rotation_lock --
+-- Session-level advisory lock on a connection held for the length of one rotation (a
+-- static role's or a connection's root password), so two nodes, or the scheduler and an
+-- operator, never rotate one account at once. Dies with the session if the node does.
+SELECT pg_try_advisory_lock(hashtext('broker_rotation'), hashtext($1))
+
+-- release_rotation_lock --
+SELECT pg_advisory_unlock(hashtext('broker_rotation'), hashtext($1))
+
+-- due_static_roles --
+-- Due for rotation, or with a rotation left unfinished by a crash.
+SELECT mount, name FROM broker_static_roles
+WHERE next_rotation <= now() OR pending_password IS NOT NULL
+ORDER BY next_rotation
+LIMIT $1
+
+-- set_static_pending --
+UPDATE broker_static_roles SET pending_password = $3 WHERE mount = $1 AND name = $2
+
+-- commit_static_rotation --
+-- $3: the new password, sealed under the role's own context.
+UPDATE broker_static_roles
+SET password = $3, pending_password = NULL, last_rotation = now(),
+    next_rotation = $4, attempts = 0, last_error = NULL
+WHERE mount = $1 AND name = $2
+
+-- fail_static_rotation --
+-- The pending password stays: the next attempt sets it again (idempotent) before it can be
+-- served.
+UPDATE broker_static_roles
+SET attempts = attempts + 1, last_error = $3, next_rotation = now() + make_interval(secs => $4)
+WHERE mount = $1 AND name = $2

@@ -168,6 +168,17 @@ async def create_database(pg_cluster: PgCluster, prefix: str) -> str:
     return name
 
 
+def pg_connection_config(pg: PgCluster) -> dict[str, str]:
+    """A ``database/config`` body for the test cluster, as its superuser."""
+    return {
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": pg.url_template,
+        "username": "postgres",
+        "password": pg.server.password,
+        "allowed_roles": "*",
+    }
+
+
 @pytest.fixture
 async def fresh_storage_db(pg_target: PgCluster) -> AsyncIterator[str]:
     """An empty storage database on the test cluster, for a broker of the test's own;
@@ -215,16 +226,7 @@ async def broker(
     http = VaultHTTP(http_session, address, TOKEN)
     try:
         assert (await http.write("sys/mounts/database", {"type": "database"})).status == 204
-        reply = await http.write(
-            "database/config/pg",
-            {
-                "plugin_name": "postgresql-database-plugin",
-                "connection_url": pg_target.url_template,
-                "username": "postgres",
-                "password": pg_target.server.password,
-                "allowed_roles": "*",
-            },
-        )
+        reply = await http.write("database/config/pg", pg_connection_config(pg_target))
         assert reply.status == 204, reply.body
         reply = await http.write(
             "database/config/my",

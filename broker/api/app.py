@@ -20,9 +20,10 @@ from broker.api import console
 from broker.api.audit_entries import audit_request_entry, audit_response_part
 from broker.api.listmethod import VaultAppRunner
 from broker.api.params import Params
-from broker.api.responses import broker_error_response, error_response
+from broker.api.responses import PAYLOAD, broker_error_response, error_response, vault_response
 from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
 from broker.api.routing import Handler, Route, match, operation_of
+from broker.api.sys_wrapping import WRAP_TTL_HEADER
 from broker.audit import Auditor
 from broker.auth.approle import AppRoleManager, AuthMethods
 from broker.auth.policies import PolicyStore
@@ -30,6 +31,7 @@ from broker.auth.tokens import Caller, TokenManager
 from broker.barrier import Barrier
 from broker.catalog import Catalog
 from broker.catalog_cache import IssueContextCache
+from broker.durations import parse_duration
 from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError, PermissionDenied, Sealed
 from broker.leases import LeaseManager
@@ -37,12 +39,15 @@ from broker.logs import REQUEST_ID
 from broker.metrics import Metrics
 from broker.migrations import apply_migrations
 from broker.nodes import NodeIdentity, NodeRegistry
+from broker.password_policy import PasswordPolicyStore
 from broker.ratelimit import RateLimiter
 from broker.reconcile import Reconciler
+from broker.rotation import Rotations
 from broker.scheduler import SweepScheduler
 from broker.seal import SealManager
 from broker.settings import Settings
 from broker.storage import Storage, create_pool
+from broker.wrapping import Wrapper
 
 log = logging.getLogger(__name__)
 #: One line per request; paths hold role names and lease ids, never a secret.
@@ -122,6 +127,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         else:
             denied = True
     ctx = RequestContext(request, services, params, args, mount, caller, remote)
+    wrap_ttl = request.headers.get(WRAP_TTL_HEADER, "")
+    if (
+        wrap_ttl
+        and not denied
+        and (path == "sys/wrapping/wrap" or not path.startswith("sys/wrapping/"))
+    ):
+        handler = _wrapped(handler, parse_duration(wrap_ttl, "X-Vault-Wrap-TTL"), path)
     auditing = services.auditor.enabled and not services.seal.sealed
     try:
         if not auditing:
@@ -132,6 +144,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     finally:
         if caller is not None and caller.spent:
             await services.tokens.after_request(caller)
+
+
+def _wrapped(handler: Handler, ttl: int, path: str) -> Handler:
+    """Vault's response wrapping: a successful answer is stored behind a single-use token
+    and the client gets only ``wrap_info``."""
+
+    async def wrapping(ctx: RequestContext) -> web.StreamResponse:
+        response = await handler(ctx)
+        payload = response.get(PAYLOAD)
+        if response.status != 200 or payload is None:
+            return response
+        info = await ctx.services.wrapper.wrap(payload, ttl, path)
+        return vault_response(None, wrap_info=info)
+
+    return wrapping
 
 
 async def _audited(
@@ -235,7 +262,8 @@ def _services_ctx(
             contexts = IssueContextCache(storage)
             await contexts.start()
             metrics = Metrics()
-            leases = LeaseManager(storage, engines, settings, contexts, metrics)
+            passwords = PasswordPolicyStore(storage)
+            leases = LeaseManager(storage, engines, settings, contexts, metrics, passwords)
             catalog = Catalog(storage, engines, leases, settings, contexts)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
@@ -246,6 +274,7 @@ def _services_ctx(
             seal = SealManager(storage, settings, tokens.create_root)
             auth_methods = AuthMethods(storage)
             auditor = Auditor(storage, identity.node_id)
+            rotations = Rotations(storage, engines, passwords)
             services = Services(
                 settings,
                 storage,
@@ -267,6 +296,9 @@ def _services_ctx(
                 ),
                 token_limits=RateLimiter(settings.rate_limit_per_token, settings.rate_limit_burst),
                 contexts=contexts,
+                rotations=rotations,
+                passwords=passwords,
+                wrapper=Wrapper(storage),
             )
             app[SERVICES] = services
             stop_auth_listener = await _listen_auth_changes(services)
@@ -277,6 +309,7 @@ def _services_ctx(
                 moved = await storage.reencrypt_connections()
                 if moved:
                     log.info("re-encrypted %d connection password(s) under the active key", moved)
+                await rotations.finish_root_rotations()
 
             seal.on_unseal(unsealed)
             await seal.try_auto_unseal()
@@ -287,6 +320,15 @@ def _services_ctx(
                 "reencrypt", _when_unsealed(seal, storage.reencrypt_connections), 300
             )
             scheduler.add_periodic("audit-devices", _when_unsealed(seal, auditor.refresh), 30)
+            scheduler.add_periodic("tidy", leases.tidy, settings.tidy_interval)
+            scheduler.add_periodic(
+                "static-rotations",
+                _when_unsealed(seal, rotations.rotate_due),
+                settings.rotation_check_interval,
+            )
+            scheduler.add_periodic(
+                "root-rotations", _when_unsealed(seal, rotations.finish_root_rotations), 60
+            )
             if settings.reconcile_interval > 0:
                 scheduler.add_periodic(
                     "reconcile",

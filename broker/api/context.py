@@ -17,12 +17,15 @@ from broker.engines.registry import EngineRegistry
 from broker.leases import LeaseManager
 from broker.metrics import Metrics
 from broker.nodes import NodeRegistry
+from broker.password_policy import PasswordPolicyStore
 from broker.ratelimit import RateLimiter
 from broker.reconcile import Reconciler
+from broker.rotation import Rotations
 from broker.scheduler import SweepScheduler
 from broker.seal import SealManager
 from broker.settings import Settings
 from broker.storage import Storage
+from broker.wrapping import Wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,9 @@ class Services:
     address_limits: RateLimiter
     token_limits: RateLimiter
     contexts: IssueContextCache
+    rotations: Rotations
+    passwords: PasswordPolicyStore
+    wrapper: Wrapper
 
 
 SERVICES = web.AppKey("services", Services)

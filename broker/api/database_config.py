@@ -6,8 +6,10 @@ from aiohttp import web
 
 from broker.api.context import RequestContext
 from broker.api.responses import list_response, no_content, vault_response
+from broker.auth.policy import check_policy_name
 from broker.catalog import ConnectionUpdate
-from broker.exceptions import InvalidRequest
+from broker.exceptions import InvalidRequest, NotFound
+from broker.templates import check_statements
 
 #: Integer options and the ranges they may take (a pool of 0 or a timeout of ages would
 #: only fail later, at issuance, instead of now).
@@ -17,6 +19,8 @@ _OPTION_RANGES = {
     "connect_timeout": (1, 600),
     "statement_timeout": (1, 3600),
 }
+#: Stored with the options but shown at the top level of a read, where Vault puts them.
+_TOP_LEVEL_OPTIONS = ("password_policy", "root_rotation_statements")
 _OPTION_KEYS = (
     "max_open_connections",
     "max_idle_connections",
@@ -49,6 +53,20 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
     event_schema = p.text("expiry_event_schema")
     if event_schema is not None:
         options["expiry_event_schema"] = event_schema
+    password_policy = p.text("password_policy")
+    if password_policy:
+        try:
+            await ctx.services.passwords.read(check_policy_name(password_policy))
+        except NotFound as exc:
+            raise InvalidRequest(f"password policy {password_policy!r} does not exist") from exc
+    if password_policy is not None:
+        options["password_policy"] = password_policy
+    root_statements = p.statements("root_rotation_statements")
+    if root_statements is None:
+        root_statements = p.statements("root_credentials_rotate_statements")
+    if root_statements is not None:
+        check_statements("root_rotation_statements", root_statements)
+        options["root_rotation_statements"] = list(root_statements)
     update = ConnectionUpdate(
         plugin_name=p.text("plugin_name"),
         connection_url=p.text("connection_url"),
@@ -74,13 +92,13 @@ async def read_connection(ctx: RequestContext) -> web.StreamResponse:
         "connection_details": {
             "connection_url": c.connection_url,
             "username": c.username,
-            **{k: v for k, v in c.options.items()},
+            **{k: v for k, v in c.options.items() if k not in _TOP_LEVEL_OPTIONS},
         },
         "allowed_roles": list(c.allowed_roles),
         "username_template": c.username_template,
         "verify_connection": c.verify_connection,
-        "root_credentials_rotate_statements": [],
-        "password_policy": "",
+        "root_credentials_rotate_statements": list(c.options.get("root_rotation_statements") or []),
+        "password_policy": c.options.get("password_policy") or "",
     }
     return vault_response(data)
 

@@ -38,6 +38,7 @@ def vault_response(
     top_level: bool = False,
     status: int = 200,
     auth: Mapping[str, Any] | None = None,
+    wrap_info: Mapping[str, Any] | None = None,
 ) -> web.Response:
     """Vault's envelope. ``top_level`` copies ``data`` keys beside it, as Vault does for
     ``sys/`` paths (hvac reads some of them there)."""
@@ -47,7 +48,7 @@ def vault_response(
         "renewable": renewable,
         "lease_duration": lease_duration,
         "data": dict(data) if data is not None else None,
-        "wrap_info": None,
+        "wrap_info": dict(wrap_info) if wrap_info is not None else None,
         "warnings": list(warnings) or None,
         "auth": dict(auth) if auth is not None else None,
     }

@@ -8,6 +8,7 @@ from broker.api import (
     database_config,
     database_creds,
     database_roles,
+    database_static,
     sys_audit,
     sys_auth,
     sys_capabilities,
@@ -16,8 +17,10 @@ from broker.api import (
     sys_metrics,
     sys_mounts,
     sys_openapi,
+    sys_password_policies,
     sys_policy,
     sys_seal,
+    sys_wrapping,
 )
 from broker.api.routing import Route, route
 
@@ -64,6 +67,23 @@ SYS_ROUTES: tuple[Route, ...] = (
         update=sys_policy.write_policy,
         delete=sys_policy.delete_policy,
     ),
+    route(r"sys/policies/password/?", list=sys_password_policies.list_policies),
+    route(
+        r"sys/policies/password/(?P<name>[^/]+)",
+        read=sys_password_policies.read_policy,
+        update=sys_password_policies.write_policy,
+        delete=sys_password_policies.delete_policy,
+    ),
+    route(r"sys/policies/password/(?P<name>[^/]+)/generate", read=sys_password_policies.generate),
+    route(r"sys/wrapping/unwrap", authenticated=False, update=sys_wrapping.unwrap),
+    route(
+        r"sys/wrapping/lookup",
+        authenticated=False,
+        read=sys_wrapping.lookup,
+        update=sys_wrapping.lookup,
+    ),
+    route(r"sys/wrapping/rewrap", authenticated=False, update=sys_wrapping.rewrap),
+    route(r"sys/wrapping/wrap", update=sys_wrapping.wrap),
     route(r"sys/capabilities-self", update=sys_capabilities.capabilities_self),
     route(r"sys/capabilities", update=sys_capabilities.capabilities),
     route(r"sys/auth/?", read=sys_auth.list_auth),
@@ -101,6 +121,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"sys/revoke(?:/(?P<lease_id>.+))?", update=sys_leases.revoke_lease),
     route(r"sys/leases/revoke-prefix/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_prefix),
     route(r"sys/leases/revoke-force/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_force),
+    route(r"sys/leases/tidy", sudo=True, update=sys_leases.tidy),
 )
 
 # Relative to a database secrets engine mount.
@@ -120,6 +141,17 @@ DATABASE_ROUTES: tuple[Route, ...] = (
         delete=database_roles.delete_role,
     ),
     route(r"creds/(?P<name>[^/]+)", read=database_creds.read_creds),
+    route(r"static-roles/?", list=database_static.list_static_roles),
+    route(
+        r"static-roles/(?P<name>[^/]+)",
+        read=database_static.read_static_role,
+        update=database_static.write_static_role,
+        delete=database_static.delete_static_role,
+    ),
+    route(r"static-creds/(?P<name>[^/]+)", read=database_static.read_static_creds),
+    route(r"rotate-role/(?P<name>[^/]+)", update=database_static.rotate_role),
+    route(r"rotate-root/(?P<name>[^/]+)", update=database_static.rotate_root),
+    route(r"reset/(?P<name>[^/]+)", update=database_static.reset_connection),
 )
 
 # Relative to an AppRole auth method mount (auth/<mount>/...).

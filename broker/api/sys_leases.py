@@ -127,3 +127,16 @@ async def list_failing(ctx: RequestContext) -> web.StreamResponse:
         for row in rows
     ]
     return vault_response({"lease_count": len(leases), "leases": leases}, top_level=True)
+
+
+async def tidy(ctx: RequestContext) -> web.StreamResponse:
+    """Remove finished lease rows past the retention now (the scheduler also does)."""
+    removed = await ctx.services.leases.tidy()
+    return vault_response(
+        {"removed": removed},
+        warnings=[
+            "Tidy operation successfully started. Any information from the operation "
+            "will be printed to the broker's server logs."
+        ],
+        status=202,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from broker.models import AppRole, TokenEntry
 from broker.storage import Storage
 
 AUTH_TYPES = ("approle",)
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
 _ROOT_CALLER = Caller(("root",), "root", None, "")
 
 
@@ -74,7 +77,9 @@ class AuthMethods:
 
     async def enable(self, path: str, type_: str, description: str) -> None:
         path = path.strip("/")
-        if not path or path == "token" or path.startswith("token/"):
+        if not _MOUNT_PATH.match(path):
+            raise InvalidRequest(f"invalid auth method path {path!r}")
+        if path == "token" or path.startswith("token/"):
             raise InvalidRequest(f"path is already in use at {path}/")
         if type_ not in AUTH_TYPES:
             raise InvalidRequest(f"unknown auth method type {type_!r}")
@@ -97,6 +102,8 @@ class AppRoleManager:
         self._tokens = tokens
 
     async def write_role(self, mount: str, name: str, update: AppRoleUpdate) -> None:
+        if not _NAME.match(name):
+            raise InvalidRequest(f"invalid role name {name!r}: use letters, digits, '_', '.', '-'")
         existing = await self._storage.get_approle_role(mount, name)
         base = existing or AppRole(mount, name, str(uuid.uuid4()), True, (), 0, 0, 0, (), 0, 0, ())
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}

@@ -14,15 +14,13 @@ a request decides, by Vault's documented priority:
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import hcl
-
 from broker.exceptions import InvalidRequest
+from broker.hcl_documents import parse_document
 
 CAPABILITIES = frozenset(
     {"create", "read", "update", "patch", "delete", "list", "sudo", "deny", "subscribe"}
@@ -121,17 +119,7 @@ def _parse_policy_cached(text: str) -> tuple[PathRule, ...]:
 
 
 def _parse_policy(text: str) -> list[PathRule]:
-    if not text.strip():
-        raise InvalidRequest("policy is empty")
-    try:
-        document: Any = json.loads(text) if text.lstrip().startswith("{") else hcl.loads(text)
-    except Exception as exc:  # pyhcl raises ValueError and its own lexer errors
-        raise InvalidRequest(f"failed to parse policy: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidRequest("failed to parse policy: not an object")
-    unknown = set(document) - {"path", "name"}
-    if unknown:
-        raise InvalidRequest(f"failed to parse policy: unknown keys {sorted(unknown)}")
+    document = parse_document(text, "policy", {"path", "name"})
     paths = document.get("path", {})
     if isinstance(paths, list):  # JSON may give a list of {pattern: body} objects
         merged: dict[str, Any] = {}

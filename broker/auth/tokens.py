@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "hvs."
 _CACHE_SECONDS = 2.0
 _EXPIRY_BATCH = 500
+_DISPLAY_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9-]")
 
 
 def _now() -> dt.datetime:
@@ -169,9 +171,12 @@ class TokenManager:
         else:
             ttl = request.ttl if request.ttl else self._settings.token_default_ttl
             ttl = min(ttl, max_ttl)
-        display = "token" + (f"-{request.display_name}" if request.display_name else "")
+        # Vault's sanitising: anything but letters, digits and '-' becomes '-'; the name
+        # ends up in database user names.
+        name = _DISPLAY_NAME_UNSAFE.sub("-", request.display_name)
+        display = "token" + (f"-{name}" if name else "")
         if request.path != "auth/token/create":
-            display = request.display_name or display
+            display = _DISPLAY_NAME_UNSAFE.sub("-", request.display_name) or display
         entry = TokenEntry(
             accessor=new_accessor(),
             parent_accessor=None if request.no_parent else parent.accessor,

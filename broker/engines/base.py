@@ -46,6 +46,17 @@ class RevokeUserRequest:
     revocation_statements: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SetPasswordRequest:
+    """A new password for an existing account: a static role's, or the broker's own admin
+    account (rotate-root). Running it twice with the same password is harmless, which is
+    what lets a rotation interrupted by a crash simply be run again."""
+
+    username: str
+    password: str = field(repr=False)
+    statements: tuple[str, ...]
+
+
 class DatabaseEngine(Protocol):
     """One configured connection to one target database server."""
 
@@ -57,6 +68,10 @@ class DatabaseEngine(Protocol):
     def target_hosts(self) -> tuple[str, ...]:
         """Where the connection goes, as written (host names, IP addresses, or a socket
         path starting with '/'), for ``allowed_target_hosts``."""
+
+    async def set_password(self, request: SetPasswordRequest) -> None:
+        """Run the statements (or the engine's default) to change an account's password;
+        ``StatementError`` if they fail."""
 
     async def verify_connection(self) -> None:
         """Connect and run a trivial query; raise ``TargetUnavailable`` saying why not."""

@@ -25,6 +25,7 @@ from broker.engines.base import (
     NewUserRequest,
     RenewUserRequest,
     RevokeUserRequest,
+    SetPasswordRequest,
     format_expiration,
 )
 from broker.exceptions import (
@@ -295,6 +296,36 @@ class MySQLEngine:
         except pymysql.err.MySQLError as exc:
             raise StatementError(
                 "renew statements failed: " + redact(str(exc), self._config.secrets)
+            ) from exc
+
+    async def set_password(self, request: SetPasswordRequest) -> None:
+        """Without statements: the account at every host it exists for (Vault's default
+        names only '%', which misses 'root'@'localhost' and the like)."""
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "password": request.password,
+        }
+        try:
+            async with self._cursor() as cur:
+                if request.statements:
+                    await self._run(cur, expand_statements(request.statements), values)
+                    return
+                await cur.execute(
+                    "SELECT Host FROM mysql.user WHERE User = %s", (request.username,)
+                )
+                hosts = [row[0] for row in await cur.fetchall()]
+                if not hosts:
+                    raise StatementError(f"no account {request.username!r} on the server")
+                for host in hosts:
+                    await cur.execute(
+                        "ALTER USER %s@%s IDENTIFIED BY %s",
+                        (request.username, host, request.password),
+                    )
+        except pymysql.err.MySQLError as exc:
+            raise StatementError(
+                "rotation statements failed: "
+                + redact(str(exc), (*self._config.secrets, request.password))
             ) from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:

@@ -18,6 +18,7 @@ from broker.engines.base import (
     NewUserRequest,
     RenewUserRequest,
     RevokeUserRequest,
+    SetPasswordRequest,
     format_expiration,
 )
 from broker.exceptions import (
@@ -34,6 +35,7 @@ from broker.templates import expand_statements, render
 DEFAULT_CREATION = (
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
 )
+DEFAULT_SET_PASSWORD = ("ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'",)
 DEFAULT_RENEW = ("ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'",)
 
 # Statements that rewrite an object's ACL or ownership. PostgreSQL updates the object's
@@ -322,6 +324,24 @@ class PostgresEngine:
                 raise StatementError(
                     "renew statements failed: " + redact(str(exc), self._secrets())
                 ) from exc
+
+    async def set_password(self, request: SetPasswordRequest) -> None:
+        statements = expand_statements(request.statements or DEFAULT_SET_PASSWORD)
+        values = {
+            "name": request.username,
+            "username": request.username,
+            "password": request.password,
+        }
+        async with self._connection() as conn:
+            try:
+                await self._run_in_transaction(conn, statements, values)
+            except asyncpg.PostgresError as exc:
+                message = redact(str(exc), self._secrets((request.password,)))
+                if _is_connection_loss(exc):
+                    raise TargetUnavailable(
+                        f"connection lost changing a password: {message}"
+                    ) from exc
+                raise StatementError(f"rotation statements failed: {message}") from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
         name = request.username

@@ -20,7 +20,7 @@ from broker.api.app import start_server
 from broker.embedded import free_port
 from broker.seal import SealConfigError, generate_seal_key
 from broker.settings import Settings
-from tests.conftest import PG_READONLY, PgCluster
+from tests.conftest import PG_READONLY, PgCluster, pg_connection_config
 from tests.support import (
     ISSUED_PASSWORDS,
     VaultHTTP,
@@ -165,16 +165,7 @@ async def test_wrong_unseal_keys_reset_and_bad_init(
 
 async def _configure_and_issue(http: VaultHTTP, pg: PgCluster) -> str:
     assert (await http.write("sys/mounts/database", {"type": "database"})).status == 204
-    reply = await http.write(
-        "database/config/pg",
-        {
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": pg.url_template,
-            "username": "postgres",
-            "password": pg.server.password,
-            "allowed_roles": "*",
-        },
-    )
+    reply = await http.write("database/config/pg", pg_connection_config(pg))
     assert reply.status == 204, reply.body
     reply = await http.write(
         "database/roles/brkt-pg-sealed",

@@ -214,3 +214,14 @@ async def test_token_renewal_and_lookup(broker: RunningBroker) -> None:
     assert looked.data["accessor"] == accessor
     assert (await broker.http.call("PUT", "auth/token/revoke-self", token=token)).status == 204
     assert (await broker.http.write("auth/token/lookup", {"token": token})).status == 400
+
+
+async def test_display_names_are_sanitised_like_vaults(broker: RunningBroker) -> None:
+    made = await broker.http.write("auth/token/create", {"display_name": 'a"b; c', "ttl": "1m"})
+    token = made.body["auth"]["client_token"]
+    looked = await broker.http.call("GET", "auth/token/lookup-self", token=token)
+    assert looked.data["display_name"] == "token-a-b--c"
+    creds = await broker.http.call("GET", "database/creds/brkt-pg-ro", token=token)
+    assert creds.status == 200 and creds.data["username"].startswith("v_token_a_b_c_")
+    ISSUED_PASSWORDS.add(creds.data["password"])
+    await broker.http.write(f"sys/leases/revoke/{creds.body['lease_id']}")

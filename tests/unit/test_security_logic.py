@@ -162,3 +162,12 @@ def test_rate_limiter_buckets() -> None:
     assert 0 < caught.value.retry_after <= 0.5 + 1e-6
     limiter.take("b", "address")  # another client has its own bucket
     RateLimiter(rate=0).take("a", "address")  # off
+
+
+def test_display_names_cannot_reach_sql_unsanitised() -> None:
+    from broker.templates import UsernameTemplate
+
+    template = UsernameTemplate("{{.DisplayName}}_{{.RoleName}}")
+    assert template.render("token-ci", "ro") == "token-ci_ro"
+    with pytest.raises(InvalidRequest):
+        template.render('x"; DROP ROLE postgres; --', "ro")
