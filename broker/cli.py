@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from broker import cli_security, lease_views, logs
+from broker import cli_admin, cli_security, lease_views, logs
 from broker.client import BrokerClient, ClientError
 from broker.settings import Settings
 
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain: one key per line, for scripts",
     )
     cli_security.add_parsers(sub)
+    cli_admin.add_parsers(sub)
     return parser
 
 
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.method == "approle":
                 return cli_security.login_approle(args)
             return _login(args)
+        if args.command in ("role", "connection"):
+            return cli_admin.run(args)
         if args.command == "operator":
             return cli_security.operator(args)
         if args.command == "audit":

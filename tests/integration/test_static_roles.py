@@ -19,6 +19,7 @@ import pytest
 
 from broker.embedded import free_port
 from tests.conftest import (
+    MYSQL_READONLY,
     PG_READERS,
     PG_READONLY,
     TOKEN,
@@ -28,7 +29,6 @@ from tests.conftest import (
 )
 from tests.support import (
     ISSUED_PASSWORDS,
-    MARIADB,
     VaultHTTP,
     broker_process,
     eventually,
@@ -255,7 +255,6 @@ async def test_rotate_root_leaves_only_the_broker_knowing_it(
         await http.delete("database/config/brkt-rot")
         await admin.execute(f"DROP ROLE IF EXISTS {admin_name}")
         await admin.close()
-    assert MARIADB["user"] == "root"  # the shared MariaDB root is never rotated here
 
 
 async def test_failed_rotation_keeps_the_old_password_and_backs_off(
@@ -290,3 +289,40 @@ async def test_failed_rotation_keeps_the_old_password_and_backs_off(
             await admin.execute(f"ALTER ROLE {pg_account}_gone RENAME TO {pg_account}")
         await admin.close()
         await http.delete("database/static-roles/brkt-static-fail")
+
+
+async def test_rotate_root_on_mariadb(broker: RunningBroker) -> None:
+    admin_name = "brkt_madm_" + secrets.token_hex(3)
+    await mysql_admin(
+        f"CREATE USER '{admin_name}'@'%' IDENTIFIED BY 'admin-pw'",
+        f"GRANT ALL PRIVILEGES ON *.* TO '{admin_name}'@'%' WITH GRANT OPTION",
+    )
+    http = broker.http
+    try:
+        reply = await http.write(
+            "database/config/brkt-mrot",
+            {
+                "plugin_name": "mysql-database-plugin",
+                "connection_url": "{{username}}:{{password}}@tcp(127.0.0.1:3306)/",
+                "username": admin_name,
+                "password": "admin-pw",
+                "allowed_roles": "brkt-mrot-ro",
+            },
+        )
+        assert reply.status == 204, reply.body
+        reply = await http.write(
+            "database/roles/brkt-mrot-ro",
+            {"db_name": "brkt-mrot", "creation_statements": [MYSQL_READONLY], "default_ttl": "5m"},
+        )
+        assert reply.status == 204, reply.body
+        client = _client(broker)
+        await asyncio.to_thread(client.secrets.database.rotate_root_credentials, "brkt-mrot")
+        assert not await _my_logs_in(admin_name, "admin-pw")
+        creds = await http.creds("brkt-mrot-ro")
+        assert await _my_logs_in(creds.data["username"], creds.data["password"])
+        revoked = await http.write("sys/leases/revoke-prefix/database/creds/brkt-mrot-ro/")
+        assert revoked.status == 204, revoked.body
+    finally:
+        await http.delete("database/roles/brkt-mrot-ro")
+        await http.delete("database/config/brkt-mrot")
+        await mysql_admin(f"DROP USER IF EXISTS '{admin_name}'@'%'")
