@@ -13,6 +13,7 @@ storage database, one chain per node since nodes write concurrently).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -149,6 +150,7 @@ class _Chain:
     def __init__(self, sink: _Sink) -> None:
         self._sink = sink
         self._head: str | None = None
+        self._head_lock = asyncio.Lock()  # one read of the head, however many callers wait
         self._writes: GroupCommit[str, None] = GroupCommit(self._flush)
 
     async def _flush(self, lines: Sequence[str]) -> list[None]:
@@ -161,7 +163,10 @@ class _Chain:
 
     async def append(self, entry: Mapping[str, Any]) -> None:
         if self._head is None:
-            self._head = await self._sink.head()
+            async with self._head_lock:
+                if self._head is None:
+                    self._head = await self._sink.head()
+        # No await between reading the head and advancing it: entries chain in order.
         line = render_line(entry, self._head)
         self._head = line_hash(line)
         await self._writes.submit(line)

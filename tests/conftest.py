@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -177,6 +178,19 @@ def pg_connection_config(pg: PgCluster) -> dict[str, str]:
         "password": pg.server.password,
         "allowed_roles": "*",
     }
+
+
+def own_broker_settings(storage_dsn: str, **changes: Any) -> Settings:
+    """Settings for a broker of a test's own, on a real port, auto-unsealed like the rest
+    of the suite's brokers, with the suite's root token."""
+    return Settings(
+        storage_dsn=storage_dsn,
+        listen_address=f"127.0.0.1:{free_port()}",
+        root_token=TOKEN,
+        seal_type="env",
+        auto_init=True,
+        **changes,
+    )
 
 
 @pytest.fixture

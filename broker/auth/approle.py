@@ -194,16 +194,18 @@ class AppRoleManager:
         role = await self._storage.get_approle_role_by_role_id(mount, role_id)
         if role is None:
             raise InvalidRequest("invalid role or secret ID")
+        # Addresses first: a secret ID tried from outside its blocks is not spent by it.
+        if not in_cidrs(remote, role.secret_id_bound_cidrs):
+            raise InvalidRequest("invalid role or secret ID")
         if role.bind_secret_id:
             if not secret_id:
                 raise InvalidRequest("missing secret_id")
-            used = await self._storage.consume_secret_id(
-                self._storage.barrier.token_hmac(secret_id), mount, role.name
-            )
-            if used is None or not in_cidrs(remote, used["cidr_list"]):
+            digest = self._storage.barrier.token_hmac(secret_id)
+            found = await self._storage.get_secret_id(mount, role.name, digest, None)
+            if found is None or not in_cidrs(remote, found["cidr_list"]):
                 raise InvalidRequest("invalid role or secret ID")
-        if not in_cidrs(remote, role.secret_id_bound_cidrs):
-            raise InvalidRequest("invalid role or secret ID")
+            if await self._storage.consume_secret_id(digest, mount, role.name) is None:
+                raise InvalidRequest("invalid role or secret ID")  # spent or expired
         return await self._tokens.create(
             _ROOT_CALLER,
             TokenRequest(

@@ -8,7 +8,6 @@ import datetime as dt
 import ipaddress
 import ssl
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,9 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker.api.app import start_server
-from broker.embedded import free_port
-from broker.settings import Settings
-from tests.conftest import PG_READONLY, TOKEN, PgCluster, RunningBroker
+from tests.conftest import (
+    PG_READONLY,
+    TOKEN,
+    PgCluster,
+    RunningBroker,
+    own_broker_settings,
+)
 from tests.support import VaultHTTP
 
 
@@ -51,21 +54,10 @@ def storage_db(pg_target: PgCluster, fresh_storage_db: str) -> str:
     return pg_target.dsn(fresh_storage_db)
 
 
-def _settings(storage_dsn: str, **changes: Any) -> Settings:
-    return Settings(
-        storage_dsn=storage_dsn,
-        listen_address=f"127.0.0.1:{free_port()}",
-        root_token=TOKEN,
-        seal_type="env",
-        auto_init=True,
-        **changes,
-    )
-
-
 async def test_rate_limits_per_address_and_per_token(
     storage_db: str, http_session: aiohttp.ClientSession
 ) -> None:
-    settings = _settings(
+    settings = own_broker_settings(
         storage_db, rate_limit_per_address=20, rate_limit_per_token=3, max_request_bytes=4096
     )
     runner = await start_server(settings)
@@ -168,7 +160,7 @@ async def test_tls_listener_requires_client_certificates(storage_db: str, tmp_pa
         _cert("app", client_key, issuer, usage=ExtendedKeyUsageOID.CLIENT_AUTH),
         client_key,
     )
-    settings = _settings(
+    settings = own_broker_settings(
         storage_db,
         tls_cert_file=str(tmp_path / "server.crt"),
         tls_key_file=str(tmp_path / "server.key"),
@@ -194,7 +186,7 @@ async def test_tls_listener_requires_client_certificates(storage_db: str, tmp_pa
 async def test_connections_are_held_to_allowed_target_hosts(
     storage_db: str, http_session: aiohttp.ClientSession
 ) -> None:
-    settings = _settings(storage_db, allowed_target_hosts="127.0.0.0/8, db.internal")
+    settings = own_broker_settings(storage_db, allowed_target_hosts="127.0.0.0/8, db.internal")
     runner = await start_server(settings)
     http = VaultHTTP(http_session, f"http://{settings.listen_address}", TOKEN)
     try:

@@ -13,9 +13,7 @@ from broker.api.app import start_server
 from broker.api.openapi import build_document
 from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
 from broker.api.routing import Operation
-from broker.embedded import free_port
-from broker.settings import Settings
-from tests.conftest import TOKEN, PgCluster, RunningBroker
+from tests.conftest import TOKEN, PgCluster, RunningBroker, own_broker_settings
 from tests.support import VaultHTTP
 
 _METHOD = {
@@ -73,12 +71,8 @@ path "auth/token/revoke-self" { capabilities = ["deny"] }
 async def test_schemathesis_finds_no_server_error(
     pg_target: PgCluster, fresh_storage_db: str, http_session: object, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        storage_dsn=pg_target.dsn(fresh_storage_db),
-        listen_address=f"127.0.0.1:{free_port()}",
-        root_token=TOKEN,
-        seal_type="env",
-        auto_init=True,
+    settings = own_broker_settings(
+        pg_target.dsn(fresh_storage_db),
         # Whatever connection URL the fuzzer invents, the broker connects to loopback only.
         allowed_target_hosts="127.0.0.1/32,::1/128,localhost",
         sweep_interval=0.5,
@@ -131,5 +125,6 @@ async def test_schemathesis_finds_no_server_error(
         text = out.decode(errors="replace")
         assert proc.returncode == 0, text[-6000:]
         assert "passed" in text.lower()
+        print(text[-1500:])  # the summary: shown with -s
     finally:
         await runner.cleanup()

@@ -9,9 +9,13 @@ import aiohttp
 import pytest
 
 from broker.api.app import start_server
-from broker.embedded import free_port
-from broker.settings import Settings
-from tests.conftest import PG_READONLY, TOKEN, PgCluster, pg_connection_config
+from tests.conftest import (
+    PG_READONLY,
+    TOKEN,
+    PgCluster,
+    own_broker_settings,
+    pg_connection_config,
+)
 from tests.support import ISSUED_PASSWORDS, VaultHTTP, pg_logs_in
 
 
@@ -21,13 +25,7 @@ async def two_nodes(
 ) -> AsyncIterator[tuple[VaultHTTP, VaultHTTP]]:
     runners, clients = [], []
     for _ in range(2):
-        settings = Settings(
-            storage_dsn=pg_target.dsn(fresh_storage_db),
-            listen_address=f"127.0.0.1:{free_port()}",
-            root_token=TOKEN,
-            seal_type="env",
-            auto_init=True,
-        )
+        settings = own_broker_settings(pg_target.dsn(fresh_storage_db))
         runners.append(await start_server(settings))
         clients.append(VaultHTTP(http_session, f"http://{settings.listen_address}", TOKEN))
     try:
