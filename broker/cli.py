@@ -151,12 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Example: broker lease renew LEASE_ID --increment 1h",
     )
     lease_sub = lease.add_subparsers(dest="lease_command", required=True)
-    lookup = lease_sub.add_parser("lookup", help="show a lease")
+    lookup = lease_sub.add_parser(
+        "lookup",
+        help="show a lease",
+        description="Example: broker lease lookup database/creds/readonly/AbC123",
+    )
     lookup.add_argument("lease_id")
-    renew = lease_sub.add_parser("renew", help="extend a lease")
+    renew = lease_sub.add_parser(
+        "renew",
+        help="extend a lease",
+        description="Example: broker lease renew database/creds/readonly/AbC123 --increment 1h",
+    )
     renew.add_argument("lease_id")
     renew.add_argument("--increment", default="", help="seconds or duration, e.g. 1h")
-    revoke = lease_sub.add_parser("revoke", help="revoke a lease (or every lease under a prefix)")
+    revoke = lease_sub.add_parser(
+        "revoke",
+        help="revoke a lease (or every lease under a prefix)",
+        description="Example: broker lease revoke --prefix database/creds/readonly/",
+    )
     revoke.add_argument("lease_id")
     revoke.add_argument("--prefix", action="store_true", help="treat LEASE_ID as a prefix")
     revoke.add_argument(
@@ -164,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --prefix: forget the leases even if revocation fails",
     )
-    listing = lease_sub.add_parser("list", help="list leases under a prefix, with time left")
+    listing = lease_sub.add_parser(
+        "list",
+        help="list leases under a prefix, with time left",
+        description="Example: broker lease list database/creds/readonly/ --format plain",
+    )
     listing.add_argument("prefix", nargs="?", default="")
     listing.add_argument(
         "--format",

@@ -113,18 +113,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
             description=f"Example: {example}",
         )
         actions = parser.add_subparsers(dest="admin_command", required=True)
-        listing = actions.add_parser("list", help=f"the {noun}s of a mount")
+        listing = actions.add_parser(
+            "list", help=f"the {noun}s of a mount", description=f"Example: broker {noun} list"
+        )
         listing.add_argument("--mount", default="database")
-        read = actions.add_parser("read", help=f"one {noun}")
+        read = actions.add_parser(
+            "read",
+            help=f"one {noun}",
+            description=f"Example: broker {noun} read NAME --format json",
+        )
         read.add_argument("name")
         read.add_argument("--mount", default="database")
         read.add_argument("--format", choices=("table", "json"), default="table")
         write = actions.add_parser(
-            "write", help=f"create or update a {noun}: key=value, key=@file, key=- (stdin)"
+            "write",
+            help=f"create or update a {noun}: key=value, key=@file, key=- (stdin)",
+            description=f"Example: {example}",
         )
         write.add_argument("name")
         write.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
         write.add_argument("--mount", default="database")
-        delete = actions.add_parser("delete", help=f"delete a {noun}")
+        delete = actions.add_parser(
+            "delete", help=f"delete a {noun}", description=f"Example: broker {noun} delete NAME"
+        )
         delete.add_argument("name")
         delete.add_argument("--mount", default="database")

@@ -93,16 +93,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "broker operator unseal (the key is read from the prompt)",
     )
     op_sub = op.add_subparsers(dest="operator_command", required=True)
-    init = op_sub.add_parser("init", help="initialise storage: unseal keys and a root token")
+    init = op_sub.add_parser(
+        "init",
+        help="initialise storage: unseal keys and a root token",
+        description="Example: broker operator init --key-shares 5 --key-threshold 3",
+    )
     init.add_argument("--key-shares", type=int, default=5)
     init.add_argument("--key-threshold", type=int, default=3)
     init.add_argument("--format", choices=("text", "json"), default="text")
-    unseal = op_sub.add_parser("unseal", help="give one unseal key (read from the prompt)")
+    unseal = op_sub.add_parser(
+        "unseal",
+        help="give one unseal key (read from the prompt)",
+        description="Example: broker operator unseal   (once per key holder)",
+    )
     unseal.add_argument("--reset", action="store_true", help="forget the keys given so far")
-    op_sub.add_parser("seal", help="seal this node: it serves nothing until unsealed")
-    op_sub.add_parser("seal-status", help="sealed or not, and the unseal progress")
     op_sub.add_parser(
-        "generate-seal-key", help="print a key for seal_type file (a key file) or env"
+        "seal",
+        help="seal this node: it serves nothing until unsealed",
+        description="Example: BROKER_ADDR=https://node-2:8200 broker operator seal",
+    )
+    op_sub.add_parser(
+        "seal-status",
+        help="sealed or not, and the unseal progress",
+        description="Example: broker operator seal-status",
+    )
+    op_sub.add_parser(
+        "generate-seal-key",
+        help="print a key for seal_type file (a key file) or env",
+        description="Example: broker operator generate-seal-key > /etc/broker/seal.key",
     )
 
     audit = sub.add_parser(
@@ -111,5 +129,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         description="Example: broker audit verify /var/log/broker/audit.log",
     )
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="report the first edited or missing line")
+    verify = audit_sub.add_parser(
+        "verify",
+        help="report the first edited or missing line",
+        description="Example: broker audit verify /var/log/broker/audit.log (exit 1 on a break)",
+    )
     verify.add_argument("file")

@@ -19,3 +19,22 @@ def test_every_subcommand_help_has_an_example() -> None:
     top_level = [s for s in sections if s.count(" ") >= 1 and s.split("`")[1].count(" ") == 1]
     missing = [s.split("`")[1] for s in top_level if "xample" not in s]
     assert not missing, missing
+
+
+def test_every_command_help_has_an_example() -> None:
+    import argparse
+
+    from broker.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> list[tuple[str, str]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append((" ".join([*path, name]), sub.format_help()))
+                    found += walk(sub, [*path, name])
+        return found
+
+    commands = walk(build_parser(), [])
+    assert len(commands) > 30
+    assert [name for name, text in commands if "Example" not in text] == []
