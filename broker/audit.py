@@ -182,6 +182,10 @@ class Auditor:
     def enabled(self) -> bool:
         return bool(self._chains)
 
+    def hash_value(self, value: str) -> str:
+        """``hmac-sha256:<hex>`` under the install's audit key, as entries carry it."""
+        return self._storage.barrier.audit_hmac(value)
+
     async def refresh(self) -> None:
         devices = await self._storage.list_audit_devices()
         chains = {}

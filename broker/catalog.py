@@ -17,6 +17,7 @@ from broker.engines.registry import EngineRegistry, build_engine, check_plugin_n
 from broker.exceptions import BrokerError, InvalidRequest, NotFound
 from broker.leases import LeaseManager
 from broker.models import Connection, Mount, Role
+from broker.password_policy import PasswordPolicyStore
 from broker.secrets_gen import random_string
 from broker.settings import Settings
 from broker.storage import Storage
@@ -104,8 +105,10 @@ class Catalog:
         leases: LeaseManager,
         settings: Settings,
         contexts: IssueContextCache | None = None,
+        passwords: PasswordPolicyStore | None = None,
     ) -> None:
         self._contexts = contexts
+        self._passwords = passwords
         self._storage = storage
         self._engines = engines
         self._leases = leases
@@ -189,6 +192,12 @@ class Catalog:
         check_plugin_name(connection.plugin_name)
         if connection.username_template:
             UsernameTemplate(connection.username_template)
+        check_statements(
+            "root_rotation_statements", connection.options.get("root_rotation_statements") or ()
+        )
+        policy = connection.options.get("password_policy")
+        if policy and self._passwords is not None:
+            await self._passwords.policy(policy)  # a 400 if it does not exist
         engine = build_engine(connection)  # parses the URL: a 400 here if it is malformed
         self._check_target_hosts(engine.target_hosts())
         try:

@@ -37,6 +37,7 @@ from broker.exceptions import (
     NotFound,
     StatementError,
     TargetUnreachable,
+    TooManyRequests,
 )
 from broker.faults import crash_point
 from broker.leases import backoff_seconds
@@ -79,14 +80,11 @@ class StaticRoleUpdate:
     rotation_statements: tuple[str, ...] | None = None
 
 
-class RotationBusy(BrokerError):
-    """another rotation of this account is in progress; try again shortly"""
+class RotationBusy(TooManyRequests):
+    """Another rotation of the account holds its lock: a 429 with Retry-After."""
 
-    status = 429
-
-    @property
-    def retry_after(self) -> float:
-        return 1.0
+    def __init__(self) -> None:
+        super().__init__("another rotation of this account is in progress; try again shortly")
 
 
 class Rotations:

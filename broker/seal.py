@@ -124,6 +124,7 @@ class SealManager:
         self._nonce = ""
         self._dev_key = _dev_key(settings) if settings.seal_type == "dev" else None
         self._on_unseal: list[Callable[[], Awaitable[None]]] = []
+        self._on_seal: list[Callable[[], None]] = []
 
     @property
     def sealed(self) -> bool:
@@ -136,6 +137,14 @@ class SealManager:
     def on_unseal(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run after every unseal (re-encryption, token expiry): work that needs the keys."""
         self._on_unseal.append(callback)
+
+    def on_seal(self, callback: Callable[[], None]) -> None:
+        """Run on seal: drop what holds decrypted secrets (pools, caches)."""
+        self._on_seal.append(callback)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._storage.barrier.keyring
 
     def _wrapping_key(self) -> bytes:
         if self._dev_key is not None:
@@ -267,6 +276,8 @@ class SealManager:
         self._shares.clear()
         self._nonce = ""
         self._storage.barrier.seal()
+        for callback in self._on_seal:
+            callback()
         log.info("sealed")
 
     async def rotate(self) -> int:
@@ -285,5 +296,7 @@ class SealManager:
                 barrier.install(barrier.root_key, rotated)
                 await self._storage.notify_auth_changed("keyring")
                 log.info("keyring rotated to term %d", rotated.active.term)
+                # Old records move forward now, not at the job's next run.
+                await self._storage.reencrypt_connections()
                 return int(rotated.active.term)
         raise BrokerError("the keyring kept changing during rotation; try again")

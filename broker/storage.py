@@ -193,11 +193,7 @@ class Storage:
         """The connection with its password decrypted; a key term another node added since
         this one unsealed is loaded on first sight."""
         context = _connection_context(stored.mount, stored.name)
-        try:
-            password = self.barrier.decrypt_text(stored.password, context)
-        except KeyringChanged:
-            await self.reload_keyring()
-            password = self.barrier.decrypt_text(stored.password, context)
+        password = await self._decrypt(stored.password, context)
         return dataclasses.replace(stored, password=password)
 
     async def reload_keyring(self) -> None:
@@ -582,12 +578,10 @@ class Storage:
             list(r.secret_id_bound_cidrs),
         )
 
-    async def get_approle_role(self, mount: str, name: str) -> AppRole | None:
-        row = await self._fetchrow("get_approle_role", mount, name)
-        return _record(AppRole, row) if row else None
-
-    async def get_approle_role_by_role_id(self, mount: str, role_id: str) -> AppRole | None:
-        row = await self._fetchrow("get_approle_role_by_role_id", mount, role_id)
+    async def get_approle_role(
+        self, mount: str, name: str | None, role_id: str | None = None
+    ) -> AppRole | None:
+        row = await self._fetchrow("get_approle_role", mount, name, role_id)
         return _record(AppRole, row) if row else None
 
     async def list_approle_roles(self, mount: str) -> list[str]:
@@ -722,6 +716,7 @@ class Storage:
         return dict(row) if row else None
 
     async def _decrypt(self, stored: str, context: str) -> str:
+        """A key term another node added since this one unsealed is loaded on first sight."""
         try:
             return self.barrier.decrypt_text(stored, context)
         except KeyringChanged:

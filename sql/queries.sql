@@ -416,16 +416,11 @@ ON CONFLICT (mount, name) DO UPDATE SET
     secret_id_bound_cidrs = EXCLUDED.secret_id_bound_cidrs
 
 -- get_approle_role --
+-- By name ($2) or, for a login, by role ID ($3); the other is NULL.
 SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
        token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
        secret_id_bound_cidrs
-FROM broker_approle_roles WHERE mount = $1 AND name = $2
-
--- get_approle_role_by_role_id --
-SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
-       token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
-       secret_id_bound_cidrs
-FROM broker_approle_roles WHERE mount = $1 AND role_id = $2
+FROM broker_approle_roles WHERE mount = $1 AND (name = $2 OR role_id = $3)
 
 -- list_approle_roles --
 SELECT name FROM broker_approle_roles WHERE mount = $1 ORDER BY name

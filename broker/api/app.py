@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
-from broker.api.context import SERVICES, RequestContext, Services
+from broker.api.context import SERVICES, RequestContext, Services, presented_token
 
 __all__ = ["SERVICES", "create_app", "start_server"]
 from broker.api import console
@@ -56,15 +56,6 @@ access_log = logging.getLogger("broker.access")
 _SEALED_PATHS = ("sys/init", "sys/seal-status", "sys/unseal")
 #: The matched route's template, for the HTTP metrics.
 ROUTE_KEY = web.RequestKey("broker.route", str)
-
-
-def _token_of(request: web.Request) -> str:
-    token = request.headers.get("X-Vault-Token", "")
-    if not token:
-        auth = request.headers.get("Authorization", "")
-        if auth[:7].lower() == "bearer ":
-            token = auth[7:].strip()
-    return token
 
 
 async def _resolve(services: Services, path: str) -> tuple[Route, dict[str, str], str] | None:
@@ -119,7 +110,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     caller: Caller | None = None
     denied = False
     if target.authenticated:
-        caller = await services.tokens.authenticate(_token_of(request), remote)
+        caller = await services.tokens.authenticate(presented_token(request), remote)
         if caller is not None:
             services.token_limits.take(caller.accessor or "root", "token")
             acl = await services.policies.acl(caller.policies)
@@ -165,7 +156,7 @@ async def _audited(
     ctx: RequestContext, handler: Handler, operation: str, denied: bool
 ) -> web.StreamResponse:
     services = ctx.services
-    hmac = services.storage.barrier.audit_hmac
+    hmac = services.auditor.hash_value
     entry = audit_request_entry(ctx, operation, hmac)
     await services.auditor.record({**entry, "type": "request"})
     error = ""
@@ -264,7 +255,7 @@ def _services_ctx(
             metrics = Metrics()
             passwords = PasswordPolicyStore(storage)
             leases = LeaseManager(storage, engines, settings, contexts, metrics, passwords)
-            catalog = Catalog(storage, engines, leases, settings, contexts)
+            catalog = Catalog(storage, engines, leases, settings, contexts, passwords)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
             identity = NodeIdentity.from_settings(settings)
@@ -312,10 +303,13 @@ def _services_ctx(
                 await rotations.finish_root_rotations()
 
             seal.on_unseal(unsealed)
+            for drop in (engines.forget_all, tokens.invalidate, contexts.invalidate):
+                seal.on_seal(drop)
             await seal.try_auto_unseal()
             await nodes.heartbeat()
             scheduler.add_periodic("heartbeat", nodes.heartbeat, settings.heartbeat_interval)
             scheduler.add_periodic("token-expiry", _when_unsealed(seal, tokens.revoke_expired), 5)
+            scheduler.add_periodic("token-orphaned-leases", tokens.revoke_orphaned_leases, 60)
             scheduler.add_periodic(
                 "reencrypt", _when_unsealed(seal, storage.reencrypt_connections), 300
             )

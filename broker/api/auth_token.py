@@ -183,4 +183,4 @@ async def revoke_orphan(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def list_accessors(ctx: RequestContext) -> web.StreamResponse:
-    return list_response(await ctx.services.storage.list_token_accessors())
+    return list_response(await ctx.services.tokens.list_accessors())

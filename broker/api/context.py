@@ -56,6 +56,16 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
+def presented_token(request: web.Request) -> str:
+    """The token a client sent: ``X-Vault-Token``, else ``Authorization: Bearer``."""
+    token = request.headers.get("X-Vault-Token", "")
+    if not token:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+    return token
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     request: web.Request

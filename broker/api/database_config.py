@@ -6,10 +6,8 @@ from aiohttp import web
 
 from broker.api.context import RequestContext
 from broker.api.responses import list_response, no_content, vault_response
-from broker.auth.policy import check_policy_name
 from broker.catalog import ConnectionUpdate
-from broker.exceptions import InvalidRequest, NotFound
-from broker.templates import check_statements
+from broker.exceptions import InvalidRequest
 
 #: Integer options and the ranges they may take (a pool of 0 or a timeout of ages would
 #: only fail later, at issuance, instead of now).
@@ -54,18 +52,12 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
     if event_schema is not None:
         options["expiry_event_schema"] = event_schema
     password_policy = p.text("password_policy")
-    if password_policy:
-        try:
-            await ctx.services.passwords.read(check_policy_name(password_policy))
-        except NotFound as exc:
-            raise InvalidRequest(f"password policy {password_policy!r} does not exist") from exc
     if password_policy is not None:
         options["password_policy"] = password_policy
     root_statements = p.statements("root_rotation_statements")
     if root_statements is None:
         root_statements = p.statements("root_credentials_rotate_statements")
     if root_statements is not None:
-        check_statements("root_rotation_statements", root_statements)
         options["root_rotation_statements"] = list(root_statements)
     update = ConnectionUpdate(
         plugin_name=p.text("plugin_name"),

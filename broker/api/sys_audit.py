@@ -46,7 +46,7 @@ async def hash_value(ctx: RequestContext) -> web.StreamResponse:
     value = ctx.params.text("input")
     if value is None:
         raise InvalidRequest('the "input" parameter is required')
-    return vault_response({"hash": ctx.services.storage.barrier.audit_hmac(value)}, top_level=True)
+    return vault_response({"hash": ctx.services.auditor.hash_value(value)}, top_level=True)
 
 
 async def verify_device(ctx: RequestContext) -> web.StreamResponse:

@@ -50,21 +50,16 @@ async def unseal(ctx: RequestContext) -> web.StreamResponse:
 
 async def seal(ctx: RequestContext) -> web.StreamResponse:
     ctx.services.seal.seal()
-    ctx.services.engines.forget_all()
-    ctx.services.tokens.invalidate()
-    ctx.services.contexts.invalidate()
     return no_content()
 
 
 async def rotate(ctx: RequestContext) -> web.StreamResponse:
     await ctx.services.seal.rotate()
-    # Move old records forward now rather than at the next scheduled run.
-    await ctx.services.storage.reencrypt_connections()
     return no_content()
 
 
 async def key_status(ctx: RequestContext) -> web.StreamResponse:
-    keyring = ctx.services.storage.barrier.keyring
+    keyring = ctx.services.seal.keyring
     return vault_response(
         {
             "term": keyring.active.term,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.api.context import RequestContext
+from broker.api.context import RequestContext, presented_token
 from broker.api.responses import json_response, vault_response
 from broker.exceptions import InvalidRequest
 
@@ -16,11 +16,7 @@ WRAP_TTL_HEADER = "X-Vault-Wrap-TTL"
 
 
 def _wrapping_token(ctx: RequestContext) -> str:
-    return (
-        ctx.params.text("token")
-        or ctx.request.headers.get("X-Vault-Token", "")
-        or ctx.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    )
+    return ctx.params.text("token") or presented_token(ctx.request)
 
 
 async def unwrap(ctx: RequestContext) -> web.StreamResponse:

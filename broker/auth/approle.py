@@ -191,7 +191,7 @@ class AppRoleManager:
         about which part was wrong; the audit log keeps the request."""
         if not role_id:
             raise InvalidRequest("missing role_id")
-        role = await self._storage.get_approle_role_by_role_id(mount, role_id)
+        role = await self._storage.get_approle_role(mount, None, role_id)
         if role is None:
             raise InvalidRequest("invalid role or secret ID")
         # Addresses first: a secret ID tried from outside its blocks is not spent by it.

@@ -238,6 +238,9 @@ class TokenManager:
             raise InvalidRequest("invalid accessor")
         return entry
 
+    async def list_accessors(self) -> list[str]:
+        return await self._storage.list_token_accessors()
+
     async def renew(self, entry: TokenEntry, increment: int) -> TokenEntry:
         if entry.expires_at is None:
             return entry  # nothing to renew: it never expires
@@ -269,8 +272,7 @@ class TokenManager:
         await self._revoked(tokens, leases)
 
     async def revoke_expired(self) -> int:
-        """Scheduled: expired tokens go as if revoked (with their children and leases), and
-        any lease left tied to a token that no longer exists becomes due."""
+        """Scheduled: expired tokens go as if revoked (with their children and leases)."""
         total = 0
         while True:
             accessors = await self._storage.expired_tokens(_EXPIRY_BATCH)
@@ -279,10 +281,16 @@ class TokenManager:
             tokens, leases = await self._storage.revoke_token_trees(accessors)
             total += tokens
             await self._revoked(tokens, leases)
+        return total
+
+    async def revoke_orphaned_leases(self) -> int:
+        """Scheduled, less often (it scans every live token-bound lease): a lease issued to
+        a token in the moment that token was revoked becomes due too. Revocation itself
+        takes a token's leases in the same statement, so this only closes that race."""
         leftover = await self._storage.revoke_leases_of_missing_tokens()
         if leftover and self._kick_sweep is not None:
             self._kick_sweep()
-        return total
+        return leftover
 
     async def _revoked(self, tokens: int, leases: int) -> None:
         if tokens:
