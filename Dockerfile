@@ -5,16 +5,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY broker ./broker
-COPY sql ./sql
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin broker
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels && python -c "import broker"
-COPY sql /app/sql
-ENV BROKER_SQL_DIR=/app/sql \
-    BROKER_LISTEN_ADDRESS=0.0.0.0:8200 \
+ENV BROKER_LISTEN_ADDRESS=0.0.0.0:8200 \
     PYTHONUNBUFFERED=1
 
 USER broker

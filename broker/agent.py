@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.client import BrokerClient, ClientError
+from broker.client import BrokerClient, ClientError, issue_in_thread, revoke_in_thread
 from broker.session_env import database_url, endpoint_of, environment, pgpass_line
 
 FORMATS = ("env", "json", "dsn", "pgpass")
@@ -67,9 +67,11 @@ def load_templates(path: str) -> list[Template]:
     return templates
 
 
-def render(template: Template, client: BrokerClient, issued: dict[str, Any]) -> str:
+def render(template: Template, issued: dict[str, Any]) -> str:
+    """The file's content, from the creds answer alone (it says where the database is),
+    so the agent's token needs no read access beyond its role's creds."""
     username, password = issued["data"]["username"], issued["data"]["password"]
-    endpoint = endpoint_of(client, template.mount, template.role)
+    endpoint = endpoint_of(issued)
     if template.format == "json":
         return (
             json.dumps(
@@ -115,26 +117,32 @@ class TemplateKeeper:
         return await asyncio.to_thread(self._client.request, method, path, body)
 
     async def issue(self) -> float:
-        """New credentials: write, reload, then revoke the lease they replace."""
+        """New credentials: write, reload, then revoke the lease they replace. A lease
+        whose file could not be written was never handed over: it is revoked at once."""
         t = self._template
-        issued = await self._call("GET", f"{t.mount}/creds/{t.role}")
-        content = await asyncio.to_thread(render, t, self._client, issued)
-        await asyncio.to_thread(write_atomically, t.destination, content)
-        if t.command:
-            proc = await asyncio.create_subprocess_shell(t.command)
-            if await proc.wait() != 0:
-                print(f"warning: reload command exited {proc.returncode}", file=sys.stderr)
+        issued = await issue_in_thread(self._client, t.mount, t.role)
+        try:
+            content = render(t, issued)
+            await asyncio.to_thread(write_atomically, t.destination, content)
+        except BaseException:
+            await revoke_in_thread(self._client, issued["lease_id"])
+            raise
+        # From here the file holds the new login: it is the lease to keep (and the one
+        # revoked when the agent stops), and the replaced one must go whatever happens.
         replaced, self.lease_id = self.lease_id, issued["lease_id"]
         self.issues += 1
-        if replaced:
-            await self.revoke(replaced)
+        try:
+            if t.command:
+                proc = await asyncio.create_subprocess_shell(t.command)
+                if await proc.wait() != 0:
+                    print(f"warning: reload command exited {proc.returncode}", file=sys.stderr)
+        finally:
+            if replaced:
+                await revoke_in_thread(self._client, replaced)
         return float(issued["lease_duration"])
 
     async def revoke(self, lease_id: str) -> None:
-        try:
-            await self._call("PUT", "sys/leases/revoke", {"lease_id": lease_id})
-        except ClientError as exc:
-            print(f"warning: revoking {lease_id} failed: {exc}", file=sys.stderr)
+        await revoke_in_thread(self._client, lease_id)
 
     async def run(self) -> None:
         ttl = await self.issue()

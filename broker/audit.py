@@ -8,24 +8,29 @@ finds a known value with ``sys/audit-hash``. Vault's rule holds: when no enabled
 record an entry, the request fails rather than go unaudited.
 
 Devices: ``file`` (JSON lines appended to a path, or ``stdout``) and ``table`` (rows in the
-storage database, one chain per node since nodes write concurrently).
+storage database, one chain per node since nodes write concurrently). A file device writes
+only inside the directories of the ``audit_file_dirs`` setting, to a regular, non-executable
+file that is new or already an audit log: otherwise a token allowed to enable devices could
+append caller-controlled text to a shell profile (Vault's CVE-2025-6000).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.batching import GroupCommit
-from broker.exceptions import AuditFailed, InvalidRequest, NotFound
+from broker.exceptions import AuditFailed, InvalidRequest, NotFound, PermissionDenied
 from broker.models import AuditDevice
 from broker.storage import Storage
 
@@ -43,6 +48,9 @@ def line_hash(line: str) -> str:
 
 
 def render_line(entry: Mapping[str, Any], prev_hash: str) -> str:
+    """One JSON line. ``json.dumps`` escapes every control character and, with
+    ``ensure_ascii``, every non-ASCII one (U+2028 too): no value, however a client spells
+    it, can end the line or its string early."""
     return json.dumps({**entry, "prev_hash": prev_hash}, separators=(",", ":"), default=str)
 
 
@@ -94,22 +102,138 @@ class _Sink(Protocol):
     async def head(self) -> str: ...
 
 
+def resolve_file_path(target: str, allowed_dirs: Sequence[str]) -> str:
+    """The real location ``target`` writes to, if it lies inside one of ``allowed_dirs``.
+
+    Why: whoever may enable an audit device chooses where the broker appends lines, and a
+    line holds text the caller controls (the request path); pointed at a shell profile or a
+    cron file, that is code execution as the broker's user (Vault's CVE-2025-6000). Every
+    symlink and ``..`` is resolved first, so neither leads out of the allowed directories.
+    """
+    if not os.path.isabs(target):
+        raise InvalidRequest(f"file_path must be an absolute path or stdout, not {target!r}")
+    if not allowed_dirs:
+        raise InvalidRequest(
+            "file audit devices are disabled: the server setting audit_file_dirs (the "
+            "directories they may write in) is empty; use file_path=stdout or a table device"
+        )
+    try:
+        real = os.path.realpath(target)
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"file_path {target!r} cannot be resolved") from exc
+    for directory in allowed_dirs:
+        root = os.path.realpath(directory)
+        if real != root and os.path.commonpath([real, root]) == root:
+            return real
+    raise InvalidRequest(
+        f"file_path {target!r} is outside the directories allowed by the server setting "
+        "audit_file_dirs"
+    )
+
+
+#: Opening never follows a symlink in the last component, never blocks on a FIFO, and the
+#: descriptor is not inherited by anything the broker starts.
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _check_opened(fd: int, target: str) -> None:
+    """A file device writes only to a regular file that nothing would execute."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidRequest(f"{target} is not a regular file")
+    if info.st_mode & 0o111:
+        raise InvalidRequest(f"{target} is executable; an audit log must not be")
+
+
+def _last_line(fd: int) -> str:
+    """The file's last non-empty line (read from at most its last MiB)."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - 1_048_576)
+    chunks = []
+    while start < size:
+        chunk = os.pread(fd, size - start, start)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        start += len(chunk)
+    text = b"".join(chunks).decode(errors="replace").rstrip()
+    return text.rsplit("\n", 1)[-1]
+
+
+def _is_audit_entry(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and isinstance(entry.get("prev_hash"), str)
+
+
+def prepare_file(target: str, allowed_dirs: Sequence[str]) -> bool:
+    """Check a new file device's target and create it (mode 0600) if it does not exist;
+    True if it was created here. An existing file is taken only when it is a regular,
+    non-executable file that is empty or ends with a broker audit entry: the device then
+    continues that log, and appends to nothing else (a profile, a crontab, a config)."""
+    resolve_file_path(target, allowed_dirs)
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600))
+        return True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create {target}: {exc.strerror}") from exc
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | _OPEN_FLAGS)
+    except OSError as exc:
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise InvalidRequest(f"cannot open {target}: {reason}") from exc
+    try:
+        _check_opened(fd, target)
+        last = _last_line(fd)
+    finally:
+        os.close(fd)
+    if last and not _is_audit_entry(last):
+        raise InvalidRequest(
+            f"{target} exists and is not a broker audit log; choose a new file or an empty one"
+        )
+    return False
+
+
 class FileSink:
-    def __init__(self, path: str) -> None:
+    """JSON lines appended to a file (or stdout). The location is checked again at every
+    open, against the settings of this server: a device stored by an older version, or a
+    row edited in storage, cannot make this node write outside ``audit_file_dirs``."""
+
+    def __init__(self, path: str, allowed_dirs: Sequence[str] = ()) -> None:
         self._path = path
+        self._dirs = tuple(allowed_dirs)
+        self._refusal_logged = False
 
     async def head(self) -> str:
         return self._read_head()
 
+    def _checked_path(self) -> str:
+        try:
+            resolve_file_path(self._path, self._dirs)
+        except InvalidRequest as exc:
+            if not self._refusal_logged:  # once, not at every request
+                log.error("audit file %s refused: %s", self._path, exc.message)
+                self._refusal_logged = True
+            raise
+        return self._path
+
     def _read_head(self) -> str:
         """The hash of the file's last line: the chain continues across restarts."""
-        if self._path == "stdout" or not os.path.exists(self._path):
+        if self._path == "stdout":
             return GENESIS
-        with open(self._path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 1_048_576))
-            tail = fh.read().decode(errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+        try:
+            fd = os.open(self._checked_path(), os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return GENESIS
+        try:
+            _check_opened(fd, self._path)
+            tail = _last_line(fd)
+        finally:
+            os.close(fd)
         return line_hash(tail) if tail else GENESIS
 
     async def write(self, lines: Sequence[str]) -> None:
@@ -122,8 +246,10 @@ class FileSink:
             sys.stdout.write(text)
             sys.stdout.flush()
             return
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _OPEN_FLAGS
+        fd = os.open(self._checked_path(), flags, 0o600)
         try:
+            _check_opened(fd, self._path)
             os.write(fd, text.encode())
         finally:
             os.close(fd)
@@ -173,10 +299,24 @@ class _Chain:
 
 
 class Auditor:
-    def __init__(self, storage: Storage, node_id: str) -> None:
+    """The enabled devices of this node. ``file_dirs`` are the directories file devices may
+    write in (the ``audit_file_dirs`` setting); with ``api_creation`` false, devices cannot
+    be enabled through the API at all (OpenBao's ``unsafe_allow_api_audit_creation``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        node_id: str,
+        file_dirs: Sequence[str] = (),
+        api_creation: bool = True,
+    ) -> None:
         self._storage = storage
         self._node_id = node_id
         self._chains: dict[str, _Chain] = {}
+        self._file_dirs = tuple(d for d in file_dirs if os.path.isabs(d))
+        for ignored in set(file_dirs) - set(self._file_dirs):
+            log.warning("audit_file_dirs: ignoring %r, which is not an absolute path", ignored)
+        self._api_creation = api_creation
 
     @property
     def enabled(self) -> bool:
@@ -195,12 +335,17 @@ class Auditor:
 
     def _sink(self, device: AuditDevice) -> _Sink:
         if device.type == "file":
-            return FileSink(device.options.get("file_path", "stdout"))
+            return FileSink(device.options.get("file_path", "stdout"), self._file_dirs)
         return TableSink(self._storage, device.path, self._node_id)
 
     async def enable(
         self, path: str, type_: str, description: str, options: dict[str, str]
     ) -> None:
+        if not self._api_creation:
+            raise PermissionDenied(
+                "audit devices cannot be enabled through the API: the server setting "
+                "allow_api_audit_creation is false"
+            )
         path = path.strip("/")
         if not path:
             raise InvalidRequest("audit device path is required")
@@ -212,13 +357,19 @@ class Auditor:
                 raise InvalidRequest("file_path is required for a file audit device")
             options = {**options, "file_path": target}
             options.pop("path", None)
-            if target != "stdout":
-                try:  # Vault checks the device can write before enabling it
-                    os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-                except OSError as exc:
-                    raise InvalidRequest(f"cannot open {target}: {exc.strerror}") from exc
+        created = False
+        if type_ == "file" and options["file_path"] != "stdout":
+            # Vault checks the device can write before enabling it; so does this, and that
+            # the file is one an audit log may be (see prepare_file).
+            created = prepare_file(options["file_path"], self._file_dirs)
         device = AuditDevice(path, type_, description, options)
-        if not await self._storage.insert_audit_device(device):
+        inserted = False
+        try:
+            inserted = await self._storage.insert_audit_device(device)
+        finally:
+            if created and not inserted:  # a refused request leaves no file behind
+                os.unlink(options["file_path"])
+        if not inserted:
             raise InvalidRequest(f"path already in use: {path}")
         await self._changed()
 

@@ -6,6 +6,7 @@ connection reachable), so a bad configuration is a 400 on write, not a failure a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import re
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.catalog_cache import IssueContextCache
+from broker.engines.base import DatabaseEngine
+from broker.engines.mysql import parse_connection_url as parse_mysql_url
+from broker.engines.postgres import parse_connection_url as parse_postgres_url
 from broker.engines.registry import EngineRegistry, build_engine, check_plugin_name
-from broker.exceptions import BrokerError, InvalidRequest, NotFound
+from broker.exceptions import BrokerError, InvalidRequest, NotFound, TargetError
 from broker.leases import LeaseManager
 from broker.models import Connection, Mount, Role
 from broker.password_policy import PasswordPolicyStore
@@ -24,6 +28,9 @@ from broker.storage import Storage
 from broker.templates import ROLE_STATEMENT_KINDS, UsernameTemplate, check_statements
 
 MOUNT_TYPES = ("database",)
+#: Disabling a mount: rounds of revoke-then-delete before leases issued meanwhile make it
+#: give up (each round revokes what the last one missed).
+_DELETE_ROUNDS = 3
 _MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RESERVED_MOUNTS = ("sys", "auth", "cubbyhole", "identity")
@@ -53,6 +60,43 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
         except ValueError:
             continue
     return False
+
+
+#: Connection parameters a client may see beside its login: how to reach the database,
+#: never who the broker logs in as.
+_PUBLIC_PG_PARAMS = ("sslmode", "target_session_attrs")
+
+
+def public_endpoint(connection: Connection) -> dict[str, str]:
+    """Where the logins of ``connection`` go (plugin, host, port, database), for clients
+    that build a DSN or environment from a creds answer without read access to the
+    connection itself. Picked key by key from the parsed URL, so the administrator's
+    username and password (userinfo, ``user=``/``password=`` parameters) can never be
+    among them; a value still holding a ``{{...}}`` placeholder is left out too, since
+    filling it would be the administrator's. Never raises: a URL it cannot read (it was
+    checked when written) yields just the plugin."""
+    postgres = connection.plugin_name.startswith("postgresql")
+    endpoint = {"plugin": "postgresql" if postgres else "mysql"}
+    try:
+        if postgres:
+            params = parse_postgres_url(connection.connection_url)
+            picked = {
+                "host": params.get("host", "127.0.0.1"),
+                "port": params.get("port", "5432"),
+                "database": params.get("dbname", "postgres"),
+            }
+            picked.update({k: params[k] for k in _PUBLIC_PG_PARAMS if k in params})
+        else:
+            fields = parse_mysql_url(connection.connection_url)
+            picked = {
+                "host": fields.get("unix_socket") or fields.get("host", "127.0.0.1"),
+                "port": fields.get("port", "3306"),
+                "database": fields.get("db", ""),
+            }
+    except BrokerError:
+        return endpoint
+    endpoint.update({k: v for k, v in picked.items() if "{{" not in v})
+    return endpoint
 
 
 def check_name(kind: str, name: str) -> str:
@@ -160,19 +204,40 @@ class Catalog:
         return await self._storage.list_mounts()
 
     async def disable_mount(self, path: str) -> None:
-        """Like Vault: revoke every lease of the mount first; keep the mount if that fails."""
+        """Like Vault: revoke every lease of the mount first; keep the mount if that fails
+        (400 naming how many failed and the first error), since its connections are what
+        the retries need. The mount goes only once no live lease of it is left, checked
+        under the lock an issuance in flight waits for (see delete_mount_unless_leased)."""
         path = path.strip("/")
         if await self._storage.get_mount(path) is None:
             return
-        await self._leases.revoke_prefix(path + "/")
-        await self._storage.delete_mount(path)
+        live: int | None = 0
+        for _ in range(_DELETE_ROUNDS):
+            try:
+                await self._leases.revoke_prefix(path + "/")
+            except TargetError as exc:
+                raise InvalidRequest(
+                    f"failed to revoke the leases of mount {path}/, which was kept: {exc.message}"
+                ) from exc
+            live = await self._storage.delete_mount_unless_leased(path)
+            if not live:
+                break
+        if live:
+            raise InvalidRequest(
+                f"mount {path}/ was kept: {live} lease(s) of it are still live (issued while "
+                "it was being disabled, or awaiting a re-check of their revocation); retry"
+            )
         self._engines.forget(path)
         await self.refresh_mounts()
         await self._changed()
 
     # -- connections ----------------------------------------------------------------------
 
-    async def write_connection(self, mount: str, name: str, update: ConnectionUpdate) -> None:
+    async def write_connection(self, mount: str, name: str, update: ConnectionUpdate) -> list[str]:
+        """Validate and store; returns warnings for the response: when the connection is
+        verified, each privilege its admin lacks for issuing and revoking (Vault answers a
+        write with ``warnings`` the same way), so a missing grant shows on day one instead
+        of as leases that cannot be revoked."""
         check_name("connection", name)
         existing = await self._storage.get_connection(mount, name)
         if existing is None:
@@ -200,6 +265,7 @@ class Catalog:
             await self._passwords.policy(policy)  # a 400 if it does not exist
         engine = build_engine(connection)  # parses the URL: a 400 here if it is malformed
         self._check_target_hosts(engine.target_hosts())
+        warnings: list[str] = []
         try:
             if connection.verify_connection:
                 try:
@@ -208,10 +274,25 @@ class Catalog:
                     raise InvalidRequest(
                         f"error creating database object: error verifying connection: {exc.message}"
                     ) from exc
+                warnings = await self._admin_warnings(engine, mount, name)
         finally:
             await engine.close()
         await self._storage.upsert_connection(connection)
         await self._changed()
+        return warnings
+
+    async def _admin_warnings(self, engine: DatabaseEngine, mount: str, name: str) -> list[str]:
+        """What the admin cannot do, for the roles already written on this connection.
+        A check that itself fails is one more warning, never a refused write."""
+        statements: list[str] = []
+        for role_name in await self._storage.list_roles(mount):
+            role = await self._storage.get_role(mount, role_name)
+            if role is not None and role.db_name == name:
+                statements.extend(role.creation_statements)
+        try:
+            return await engine.check_admin(statements)
+        except BrokerError as exc:
+            return [f"could not check the admin's privileges: {exc.message}"]
 
     def _check_target_hosts(self, hosts: tuple[str, ...]) -> None:
         allowed = [a.strip() for a in self._settings.allowed_target_hosts.split(",") if a.strip()]
@@ -242,16 +323,52 @@ class Catalog:
     async def list_connections(self, mount: str) -> list[str]:
         return await self._storage.list_connections(mount)
 
-    async def delete_connection(self, mount: str, name: str) -> None:
-        live = await self._storage.count_live_leases_of_connection(mount, name)
+    async def delete_connection(self, mount: str, name: str, *, force: bool = False) -> int:
+        """Refused (400 naming the count) while live leases need the connection for their
+        revocation (Vault deletes it and orphans their users, hashicorp/vault#9420). With
+        ``force``, those leases are revoked first, here, and the delete is refused if any
+        of them failed. Returns how many leases were revoked."""
+        revoked = 0
+        if force:
+            revoked = await self._revoke_leases_of_connection(mount, name)
+        live = await self._storage.delete_connection_unless_leased(mount, name)
         if live:
-            raise InvalidRequest(
-                f"connection {name!r} has {live} live lease(s); revocation needs it. Revoke "
-                f"them first (sys/leases/revoke-prefix/{mount}/creds/<role>)"
+            hint = (
+                "they appeared while it was being deleted, or await a re-check of their "
+                "revocation; retry"
+                if force
+                else "revoke them first, or delete with force=true to revoke them now"
             )
-        await self._storage.delete_connection(mount, name)
+            raise InvalidRequest(
+                f"connection {name!r} has {live} live lease(s) whose revocation needs it: {hint}"
+            )
         self._engines.forget(mount, name)
         await self._changed()
+        return revoked
+
+    async def _revoke_leases_of_connection(self, mount: str, name: str) -> int:
+        """Revoke, by id, every live lease of one connection; refuse (400) naming the
+        leases that failed, which stay queued for retry."""
+        lease_ids = await self._storage.live_leases_of_connection(mount, name)
+        semaphore = asyncio.Semaphore(max(1, self._settings.revoke_concurrency))
+        failures: list[str] = []
+
+        async def revoke(lease_id: str) -> None:
+            async with semaphore:
+                try:
+                    await self._leases.revoke(lease_id)
+                except TargetError as exc:
+                    failures.append(f"{lease_id} ({exc.message})")
+
+        await asyncio.gather(*(revoke(lease_id) for lease_id in lease_ids))
+        if failures:
+            failures.sort()
+            shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+            raise InvalidRequest(
+                f"connection {name!r} was kept: {len(failures)} of {len(lease_ids)} lease(s) "
+                f"could not be revoked and stay queued for retry: {shown}"
+            )
+        return len(lease_ids)
 
     # -- roles ----------------------------------------------------------------------------
 
@@ -295,7 +412,10 @@ class Catalog:
         return await self._storage.list_roles(mount)
 
     async def delete_role(self, mount: str, name: str) -> None:
-        # Leases keep their own revocation statements, so they revoke without the role.
+        """Leases never need their role: each row keeps the revocation and renew statements
+        and the connection name it was issued with (hashicorp/vault#3464, #4782: Vault could
+        not revoke them once the role was gone). So a role with live leases may go, and a
+        role re-created under the same name does not change how old leases are revoked."""
         await self._storage.delete_role(mount, name)
         await self._changed()
 

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for name, text in (
-        ("migrate", "apply the SQL migrations in sql/ and exit"),
+        ("migrate", "apply the SQL migrations in broker/sql/ and exit"),
         ("revoke-expired", "revoke every due lease once and exit (for cron)"),
     ):
         cmd = sub.add_parser(
@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     creds = sub.add_parser(
         "creds",
         help="issue a database login for ROLE",
-        description="Example: broker creds readonly --format env",
+        description="Example: broker creds readonly --format env. Every format needs only "
+        "read on MOUNT/creds/ROLE (the answer says where the database is); a login that "
+        "cannot be printed is revoked.",
     )
     creds.add_argument("role")
     creds.add_argument("--mount", default="database")
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 1
 
 
@@ -306,6 +310,7 @@ async def _serve(args: argparse.Namespace) -> int:
             listen_address=args.dev_listen_address,
             root_token=root_token,
             seal_type="dev",
+            audit_file_dirs=dev.dev_audit_file_dirs(settings.audit_file_dirs),
         )
 
         async def create_demo(services: Services) -> None:
@@ -427,47 +432,58 @@ async def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _creds(args: argparse.Namespace) -> int:
+    """Issue a login and print it. Once issued, the lease is handed over only by being
+    printed: any failure before that (an answer that cannot be formatted, a closed
+    stdout, Ctrl-C) revokes it, so no login outlives the error for its whole TTL."""
+    client = BrokerClient.from_env()
+    issued = client.creds(args.mount, args.role)
+    try:
+        text = _format_creds(args.format, issued)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BaseException:
+        client.revoke_unused(issued["lease_id"])
+        raise
+    return 0
+
+
+def _format_creds(form: str, issued: dict[str, Any]) -> str:
+    """Built from the creds answer alone (``data.connection`` says where the database
+    is): a token that may only read its role's creds can use every format."""
     from broker import session_env
 
-    client = BrokerClient.from_env()
-    response = client.request("GET", f"{args.mount}/creds/{args.role}")
-    username, password = response["data"]["username"], response["data"]["password"]
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=response["lease_duration"])
-    if args.format == "json":
-        print(
-            json.dumps(
-                {
-                    "lease_id": response["lease_id"],
-                    "lease_duration": response["lease_duration"],
-                    "expires_at": expires.isoformat(),
-                    "username": username,
-                    "password": password,
-                },
-                indent=2,
-            )
-        )
-        return 0
-    if args.format == "table":
+    username, password = issued["data"]["username"], issued["data"]["password"]
+    duration = int(issued["lease_duration"])
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=duration)
+    if form == "json":
+        shown: dict[str, Any] = {
+            "lease_id": issued["lease_id"],
+            "lease_duration": duration,
+            "expires_at": expires.isoformat(),
+            "username": username,
+            "password": password,
+        }
+        if isinstance(issued["data"].get("connection"), dict):
+            shown["connection"] = issued["data"]["connection"]
+        return json.dumps(shown, indent=2)
+    if form == "table":
         rows = [
-            ("lease_id", response["lease_id"]),
-            ("lease_duration", f"{response['lease_duration']}s"),
+            ("lease_id", issued["lease_id"]),
+            ("lease_duration", f"{duration}s"),
             ("expires_at", expires.strftime("%Y-%m-%d %H:%M:%S UTC")),
             ("username", username),
             ("password", password),
         ]
         width = max(len(k) for k, _ in rows)
-        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-        return 0
-    endpoint = session_env.endpoint_of(client, args.mount, args.role)
-    if args.format == "dsn":
-        print(session_env.database_url(endpoint, username, password))
-    elif args.format == "pgpass":
-        print(session_env.pgpass_line(endpoint, username, password))
-    else:
-        env = session_env.environment(endpoint, username, password)
-        env["BROKER_LEASE_ID"] = response["lease_id"]
-        print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
-    return 0
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    endpoint = session_env.endpoint_of(issued)
+    if form == "dsn":
+        return session_env.database_url(endpoint, username, password)
+    if form == "pgpass":
+        return session_env.pgpass_line(endpoint, username, password)
+    env = session_env.environment(endpoint, username, password)
+    env["BROKER_LEASE_ID"] = issued["lease_id"]
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
 
 
 def _login(args: argparse.Namespace) -> int:

@@ -78,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
             _print_table(data)
         return 0
     if action == "delete":
-        client.request("DELETE", path)
+        if getattr(args, "force", False):
+            # The connection's live leases are revoked first (synchronously); the broker
+            # refuses the delete, naming them, if any cannot be revoked.
+            reply = client.request("DELETE", f"{path}?force=true")
+            revoked = ((reply or {}).get("data") or {}).get("revoked_leases", 0)
+            print(f"revoked {revoked} lease(s)")
+        else:
+            client.request("DELETE", path)
         print(f"deleted {path}")
         return 0
     response = client.request("PUT", path, parse_pairs(args.pairs))
@@ -138,3 +145,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         )
         delete.add_argument("name")
         delete.add_argument("--mount", default="database")
+        if noun == "connection":
+            delete.add_argument(
+                "--force",
+                action="store_true",
+                help="revoke the connection's live leases first (without it, a connection "
+                "with live leases is not deleted)",
+            )

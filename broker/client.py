@@ -1,9 +1,15 @@
-"""A small synchronous client for the broker's (Vault's) HTTP API, used by the CLI."""
+"""A small synchronous client for the broker's (Vault's) HTTP API, used by the CLI.
+
+Client side only: it imports nothing of the server (engines, storage, api), so it works
+with nothing but a token and an address.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -72,3 +78,41 @@ class BrokerClient:
         except urllib.error.URLError as exc:
             raise ClientError(0, [f"cannot reach {self.address}: {exc.reason}"]) from None
         return json.loads(raw) if raw else {}
+
+    def creds(self, mount: str, role: str) -> dict[str, Any]:
+        """A fresh login, asking the broker to say where the database is as well
+        (``data.connection``, a broker extension): a token that may only read the creds
+        path can then build a DSN or an environment without reading the connection."""
+        return self.request("GET", f"{mount}/creds/{role}?connection=true")
+
+    def revoke_unused(self, lease_id: str) -> None:
+        """Revoke a lease that was issued but never handed over (the command failed after
+        issuance), so the login does not live on for its whole TTL. Best effort: a
+        failure is reported, not raised, so the original error is the one that shows."""
+        try:
+            self.request("PUT", "sys/leases/revoke", {"lease_id": lease_id})
+        except ClientError as exc:
+            print(f"warning: could not revoke {lease_id}: {exc}", file=sys.stderr)
+
+
+async def issue_in_thread(client: BrokerClient, mount: str, role: str) -> dict[str, Any]:
+    """``client.creds`` off the event loop, safe against cancellation: the blocking
+    request runs on in its thread when the caller is cancelled (Ctrl-C), so whatever it
+    issues then is revoked here instead of being lost."""
+    request = asyncio.ensure_future(asyncio.to_thread(client.creds, mount, role))
+    try:
+        return await asyncio.shield(request)
+    except asyncio.CancelledError:
+        try:
+            issued = await request
+        except Exception:
+            raise asyncio.CancelledError() from None
+        if issued.get("lease_id"):
+            await asyncio.to_thread(client.revoke_unused, str(issued["lease_id"]))
+        raise
+
+
+async def revoke_in_thread(client: BrokerClient, lease_id: str) -> None:
+    """``client.revoke_unused`` off the event loop; completes even if the caller is
+    cancelled while it runs (the revocation is what cancellation must not skip)."""
+    await asyncio.shield(asyncio.to_thread(client.revoke_unused, lease_id))

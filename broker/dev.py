@@ -6,6 +6,7 @@ storage database create them once.
 
 from __future__ import annotations
 
+import tempfile
 import urllib.parse
 
 import asyncpg
@@ -38,6 +39,13 @@ DEMO_CREATION_STATEMENTS = (
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; "
     f'GRANT {DEMO_GROUP_ROLE} TO "{{{{name}}}}";',
 )
+
+
+def dev_audit_file_dirs(configured: tuple[str, ...]) -> tuple[str, ...]:
+    """Where dev mode's file audit devices may write: the configured directories, else the
+    temp directory, so ``vault audit enable file file_path=/tmp/audit.log`` works at once.
+    Nothing runs files from there by itself, unlike a home directory (a shell profile)."""
+    return configured or (tempfile.gettempdir(),)
 
 
 def demo_connection_url(admin_dsn: str) -> tuple[str, str, str]:

@@ -11,19 +11,24 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from broker.client import BrokerClient, ClientError
+from broker.client import BrokerClient, ClientError, issue_in_thread, revoke_in_thread
 from broker.session_env import Endpoint, endpoint_of, environment
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def client_command(endpoint: Endpoint, username: str, extra: list[str]) -> list[str]:
     """psql or mysql for ``broker connect``; the password comes from the environment."""
     if endpoint.kind == "postgresql":
         return ["psql", *extra]
-    args = ["mysql", "-h", endpoint.host, "-P", endpoint.port, "-u", username]
+    if endpoint.is_socket:
+        args = ["mysql", "-S", endpoint.host, "-u", username]
+    else:
+        args = ["mysql", "-h", endpoint.host, "-P", endpoint.port, "-u", username]
     if endpoint.database:
         args.append(endpoint.database)
     return [*args, *extra]
@@ -33,12 +38,49 @@ async def run_with_credentials(
     client: BrokerClient, mount: str, role: str, argv: list[str] | None, extra: list[str]
 ) -> int:
     """Run ``argv`` (or the database's own client when None) and return its exit status
-    (128 + signal number when a signal ended it)."""
-    issued = await asyncio.to_thread(client.request, "GET", f"{mount}/creds/{role}")
-    lease_id = issued["lease_id"]
-    username, password = issued["data"]["username"], issued["data"]["password"]
+    (128 + signal number when a signal ended it).
+
+    The lease is revoked on every way out once it exists: the command ended, it could not
+    be started (127), the answer could not be used, or a signal arrived before the command
+    ran (SIGTERM/SIGHUP: 128 + signal; Ctrl-C: KeyboardInterrupt).
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped: list[int] = []
+
+    def stop(sig: signal.Signals) -> None:
+        stopped.append(sig)
+        task.cancel()
+
+    # Until the command runs, SIGTERM/SIGHUP stop this process through the revocation
+    # below rather than killing it with a live lease (Ctrl-C already does, via asyncio).
+    for sig in _STOPPING:
+        loop.add_signal_handler(sig, stop, sig)
     try:
-        endpoint = await asyncio.to_thread(endpoint_of, client, mount, role)
+        return await _run(client, mount, role, argv, extra, stop)
+    except asyncio.CancelledError:
+        if stopped:
+            return 128 + stopped[0]
+        raise
+    finally:
+        for sig in _STOPPING:
+            loop.remove_signal_handler(sig)
+
+
+async def _run(
+    client: BrokerClient,
+    mount: str,
+    role: str,
+    argv: list[str] | None,
+    extra: list[str],
+    stop: Callable[[signal.Signals], None],
+) -> int:
+    issued = await issue_in_thread(client, mount, role)
+    lease_id = issued["lease_id"]
+    try:
+        username, password = issued["data"]["username"], issued["data"]["password"]
+        endpoint = endpoint_of(issued)
         command = argv if argv is not None else client_command(endpoint, username, extra)
         env = {
             **os.environ,
@@ -48,7 +90,7 @@ async def run_with_credentials(
         try:
             proc = await asyncio.create_subprocess_exec(*command, env=env)
         except OSError as exc:
-            print(f"error: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+            print(f"error: cannot run {command[0]}: {exc.strerror or exc}", file=sys.stderr)
             return 127
         loop = asyncio.get_running_loop()
         for sig in _FORWARDED:
@@ -58,23 +100,17 @@ async def run_with_credentials(
             code = await proc.wait()
         finally:
             renewer.cancel()
-            for sig in _FORWARDED:
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGINT)
+            for sig in _STOPPING:  # back to stopping through the revocation
+                loop.add_signal_handler(sig, stop, sig)
         return code if code >= 0 else 128 - code
     finally:
-        await asyncio.to_thread(_revoke, client, lease_id)
+        await revoke_in_thread(client, lease_id)
 
 
 def _forward(proc: Any, sig: signal.Signals) -> None:
     if proc.returncode is None:
         proc.send_signal(sig)
-
-
-def _revoke(client: BrokerClient, lease_id: str) -> None:
-    try:
-        client.request("PUT", "sys/leases/revoke", {"lease_id": lease_id})
-    except ClientError as exc:
-        print(f"warning: could not revoke {lease_id}: {exc}", file=sys.stderr)
 
 
 async def _keep_renewed(client: BrokerClient, lease_id: str, ttl: int) -> None:

@@ -62,6 +62,26 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def vault_knows(lease: Lease) -> bool:
+    """Whether Vault would still hold this lease: live, and its user not yet revoked (a
+    row whose user is gone but awaits a re-check has ``revoked_at`` set). Vault deletes a
+    lease when it revokes it; the broker keeps the row as history."""
+    return lease.is_live and lease.revoked_at is None
+
+
+def renewal_refusal(lease: Lease | None, now: dt.datetime) -> str | None:
+    """Vault's answer (leaseEntry.renewable) when ``lease`` cannot be renewed, else None.
+    A lease whose revocation has started counts as expired, as after Vault's lazy revoke;
+    one whose revocation keeps failing gets Vault's words for an irrevocable lease."""
+    if lease is None or not vault_knows(lease) or lease.state == "creating":
+        return "lease not found"
+    if lease.state == "revoking" and lease.last_error:
+        return "lease is expired and has failed previous revocation attempts"
+    if lease.state == "revoking" or lease.expires_at <= now:
+        return "lease expired"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedCredentials:
     lease_id: str
@@ -69,6 +89,9 @@ class IssuedCredentials:
     password: str = field(repr=False)
     lease_duration: int
     renewable: bool = True
+    #: The connection the login was made on, for an answer that says where to log in
+    #: (``catalog.public_endpoint``); it holds the admin password, so never shown whole.
+    connection: Connection | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +118,13 @@ class LeaseManager:
         contexts: IssueContextCache | None = None,
         metrics: Metrics | None = None,
         passwords: PasswordPolicyStore | None = None,
+        *,
+        claim_owner: str | None = None,
     ) -> None:
+        """``claim_owner``: this process's instance id (see nodes.py), recorded on every
+        claim so that the heartbeats of the other nodes hand the claims back at once if
+        this process dies; without one (a one-off CLI sweep) only the claim timeout does."""
+        self._claim_owner = claim_owner
         self._metrics = metrics
         self._passwords = passwords
         self._storage = storage
@@ -105,6 +134,7 @@ class LeaseManager:
         # Concurrent issuances share their storage round trips (see batching.py).
         self._inserts = GroupCommit(storage.insert_leases)
         self._activations = GroupCommit(storage.activate_leases)
+        self._connection_checks = GroupCommit(storage.connections_still_exist)
         self._sweep_lock = asyncio.Lock()
         self._quota_locks: dict[tuple[str, str], asyncio.Lock] = {}
         #: Leases this node has claimed and not yet recorded: released on shutdown.
@@ -238,6 +268,12 @@ class LeaseManager:
         if inserted is not None:
             inserted.set_result(None)
         crash_point("after_lease_insert")
+        if not await self._connection_checks.submit((mount, connection.name)):
+            # Deleted since the context was read (or with its mount): revocation would have
+            # nothing to reach the user through, so none is made. A delete that began
+            # earlier counted this lease row and refused instead.
+            await self._storage.mark_lease_failed(lease.lease_id, "connection deleted")
+            raise InvalidRequest(f"unknown database connection {connection.name!r}")
 
         policy = connection.options.get("password_policy")
         if policy and self._passwords is not None:
@@ -275,20 +311,29 @@ class LeaseManager:
             await self._storage.reopen_lease(lease.lease_id)
             await self.revoke(lease.lease_id)
             raise InvalidRequest("the lease was revoked while its credentials were being created")
-        return IssuedCredentials(lease.lease_id, username, password, ttl)
+        return IssuedCredentials(lease.lease_id, username, password, ttl, connection=connection)
 
     # -- lookup and renewal ---------------------------------------------------------------
 
     async def lookup(self, lease_id: str) -> Lease:
+        """A lease Vault would still know (live, its user not yet revoked), as Vault's
+        lookup answers it: anything else is 400 "invalid lease". Vault forgets a lease when
+        it revokes it, and clients (hvac's ``read_lease`` raising ``InvalidRequest``) take
+        that answer to mean the login is gone; ``history`` keeps the rest."""
         lease = await self._storage.get_lease(lease_id)
-        if lease is None:
+        if lease is None or not vault_knows(lease):
             raise InvalidRequest("invalid lease")
         return lease
 
+    async def history(self, lease_id: str) -> Lease | None:
+        """Every lease row still kept (until tidied), revoked or not: the broker's own view."""
+        return await self._storage.get_lease(lease_id)
+
     async def renew(self, lease_id: str, increment: int) -> RenewedLease:
         lease = await self._storage.get_lease(lease_id)
-        if lease is None or lease.state != "active":
-            raise InvalidRequest("lease not found or lease is not renewable")
+        refusal = renewal_refusal(lease, _now())
+        if refusal or lease is None:
+            raise InvalidRequest(refusal or "lease not found")
         if increment <= 0:
             role = await self._storage.get_role(lease.mount, lease.role_name)
             increment = (role.default_ttl if role else 0) or self._settings.default_lease_ttl
@@ -311,7 +356,7 @@ class LeaseManager:
             RenewUserRequest(lease.username, expires_at + EXPIRATION_GRACE, lease.renew_statements)
         )
         if not await self._storage.renew_lease(lease_id, expires_at):
-            raise InvalidRequest("lease not found or lease is not renewable")
+            raise InvalidRequest("lease not found")  # revoked meanwhile
         return RenewedLease(lease_id, int((expires_at - now).total_seconds()), warnings)
 
     async def list_keys(self, prefix: str) -> list[str]:
@@ -320,35 +365,58 @@ class LeaseManager:
     # -- revocation -----------------------------------------------------------------------
 
     async def revoke(self, lease_id: str, *, sync: bool = True) -> None:
-        """Revoke one lease; a lease that does not exist is already revoked (as in Vault)."""
+        """Revoke one lease, that id exactly; a lease that does not exist (or is already
+        revoked) is a success with nothing to do, as in Vault."""
         if await self._storage.get_lease(lease_id) is None:
             return
-        await self.revoke_prefix(lease_id, sync=sync)
+        await self._revoke_matching(lease_id, exact=True, sync=sync)
+
+    async def _prefix_scope(self, prefix: str) -> tuple[str, bool]:
+        """Vault's revokePrefixCommon: without a trailing slash, a prefix that is itself a
+        lease id means that one lease; otherwise it is whole path segments. A policy that
+        allows ``revoke-prefix/database/creds/app`` must never reach
+        ``database/creds/app-admin/...``."""
+        if prefix.endswith("/"):
+            return prefix, False
+        if await self._storage.get_lease(prefix) is not None:
+            return prefix, True
+        return prefix + "/", False
 
     async def revoke_prefix(self, prefix: str, *, sync: bool = True) -> int:
-        """Revoke every live lease under ``prefix``; returns how many were due.
+        """Revoke every live lease under ``prefix`` (whole segments, or the one lease it
+        names); returns how many were due."""
+        scope, exact = await self._prefix_scope(prefix)
+        return await self._revoke_matching(scope, exact=exact, sync=sync)
+
+    async def _revoke_matching(self, prefix: str, *, exact: bool, sync: bool) -> int:
+        """Revoke the leases of one scope: the id ``prefix`` when ``exact``, else every lease
+        under the segment prefix ``prefix``.
 
         The rows are made due, then (when ``sync``) claimed and revoked here in batches,
         through the same claim the scheduler uses, so the two never revoke one lease twice
         at once and never lose one. Failures stay queued with backoff; the caller is told.
         """
-        due = await self._storage.make_leases_due(prefix)
+        due = await self._storage.make_leases_due(prefix, exact=exact)
         if not sync or due == 0:
             return due
         failures: list[str] = []
         while True:
             claimed = await self._storage.claim_due_leases(
-                self._settings.sweep_batch_size, self._settings.claim_timeout, prefix
+                self._settings.sweep_batch_size,
+                self._settings.claim_timeout,
+                prefix,
+                exact=exact,
+                owner=self._claim_owner,
             )
             if not claimed:
                 break
             failures.extend(e for e in await self._revoke_claimed(claimed) if e)
         # Leases another node claimed first: wait a little for it to finish them.
         deadline = time.monotonic() + 10
-        pending = await self._storage.count_pending_leases(prefix)
+        pending = await self._storage.count_pending_leases(prefix, exact=exact)
         while pending and not failures and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            pending = await self._storage.count_pending_leases(prefix)
+            pending = await self._storage.count_pending_leases(prefix, exact=exact)
         if failures or pending:
             detail = f": {failures[0]}" if failures else ""
             raise TargetError(
@@ -358,12 +426,15 @@ class LeaseManager:
         return due
 
     async def revoke_force(self, prefix: str) -> int:
-        """Vault's revoke-force: try to revoke, and forget the leases whatever happens."""
+        """Vault's revoke-force: try to revoke, and forget the leases whatever happens.
+        The same scope as revoke-prefix (whole segments): forgetting a lease outside it
+        would leave its user alive with nothing left to revoke it."""
+        scope, exact = await self._prefix_scope(prefix)
         try:
-            await self.revoke_prefix(prefix)
+            await self._revoke_matching(scope, exact=exact, sync=True)
         except BrokerError as exc:
             log.warning("revoke-force %s: %s", prefix, exc.message)
-        return await self._storage.force_revoked(prefix)
+        return await self._storage.force_revoked(scope, exact=exact)
 
     async def sweep(self) -> SweepResult:
         """Revoke every lease that is due: expired, retrying, or left by a crashed node.
@@ -377,7 +448,9 @@ class LeaseManager:
         async with self._sweep_lock:
             while True:
                 claimed = await self._storage.claim_due_leases(
-                    self._settings.sweep_batch_size, self._settings.claim_timeout
+                    self._settings.sweep_batch_size,
+                    self._settings.claim_timeout,
+                    owner=self._claim_owner,
                 )
                 if not claimed:
                     break
@@ -505,7 +578,9 @@ class LeaseManager:
 
     async def _needs_recheck(self, lease: ClaimedLease) -> bool:
         """A lease still 'creating' when claimed may have a creator that is slow rather
-        than dead; once no creation can still be running, revoke once more."""
+        than dead; once no creation can still be running, revoke once more. A claim taken
+        over unfinished (from a dead or departed node) counts as 'creating' too: its first
+        holder may have claimed it so and died before scheduling this (see the SQL)."""
         if lease.prior_state != "creating":
             return False
         recheck_at = lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout)

@@ -1,4 +1,4 @@
-"""Applies the numbered SQL files in ``sql/migrations`` once each, under an advisory lock.
+"""Applies the numbered SQL files in ``broker/sql/migrations`` once each, under an advisory lock.
 
 Several nodes may start together against one storage database; the lock makes the
 first one migrate and the others find the work done.

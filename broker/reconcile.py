@@ -4,7 +4,9 @@ lease (left by a bug, a restored backup of storage, or a hand-run statement).
 Reports by default; drops them only when asked (``broker reconcile --revoke``). A user is
 recognised by the literal prefix of the connection's user names: ``v_`` for the default
 template, the text before the first ``{{`` of a custom one (no prefix: not reconciled,
-since nothing identifies the broker's users).
+since nothing identifies the broker's users), and by holding only the characters the
+broker's names are made of: a name with quotes or control characters was made by someone
+else, and is logged as skipped, never reported as an orphan nor dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from broker.engines.registry import EngineRegistry
 from broker.exceptions import BrokerError
 from broker.models import Connection
 from broker.storage import Storage
+from broker.templates import is_issued_username
 
 log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "v_"
@@ -61,6 +64,14 @@ class Reconciler:
                 report.errors.append(f"{connection.mount}/{connection.name}: {exc.message}")
                 continue
             seen.update(names)
+            for odd in [n for n in names if not is_issued_username(n)]:
+                log.warning(
+                    "reconcile skips user %r on %s/%s: not a name the broker makes",
+                    odd,
+                    connection.mount,
+                    connection.name,
+                )
+            names = [n for n in names if is_issued_username(n)]
             live = await self._storage.live_usernames(names) if names else set()
             for name in names:
                 if name in live:

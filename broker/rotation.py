@@ -44,7 +44,7 @@ from broker.leases import backoff_seconds
 from broker.models import Connection, StaticRole
 from broker.password_policy import PasswordPolicyStore
 from broker.storage import Storage
-from broker.templates import check_statements
+from broker.templates import check_account_name, check_statements
 
 log = logging.getLogger(__name__)
 MIN_ROTATION_PERIOD = 5  # seconds, as in Vault
@@ -110,6 +110,7 @@ class Rotations:
         if existing is None:
             if not update.db_name or not update.username:
                 raise InvalidRequest("db_name and username are required")
+            check_account_name("username", update.username)
             base = StaticRole(mount, name, "", "", 0, "", 0, (), "", None, None, _now(), 0, None)
         else:
             if update.username not in (None, existing.username):
@@ -138,6 +139,12 @@ class Rotations:
         if role.username == connection.username:
             raise InvalidRequest(
                 "the static role's account is the connection's own; rotate it with rotate-root"
+            )
+        if existing is None and not await self._engines.get(connection).user_exists(role.username):
+            # Checked before anything is stored, as Vault does: a static role manages an
+            # account that exists; it never creates one.
+            raise InvalidRequest(
+                f"user {role.username!r} does not exist on database connection {role.db_name!r}"
             )
         role = dataclasses.replace(role, next_rotation=next_rotation(role, _now()))
         await self._storage.upsert_static_role(role)
@@ -179,6 +186,8 @@ class Rotations:
                 await self._storage.set_static_pending(mount, name, password)
             crash_point("after_static_pending")
             try:
+                # Checked again here for roles stored before names were checked on write.
+                check_account_name("username", role.username)
                 await self._engines.get(connection).set_password(
                     SetPasswordRequest(role.username, password, role.rotation_statements)
                 )
@@ -229,6 +238,7 @@ class Rotations:
             connection = await self._connection(mount, name)
             if not connection.username:
                 raise InvalidRequest("the connection has no username whose password to rotate")
+            check_account_name("the connection's username", connection.username)
             pending = await self._storage.connection_pending_password(mount, name)
             if pending is None:
                 pending = await self._passwords.generate(connection.options.get("password_policy"))

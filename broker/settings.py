@@ -42,6 +42,17 @@ class Settings:
     #: "10.0.0.0/8, db.internal". Empty: anywhere. Stops a policy holder who may write
     #: database/config from making the broker connect (and send credentials) elsewhere.
     allowed_target_hosts: str = ""
+    #: Directories ``file`` audit devices may write in: absolute paths (a TOML list, or
+    #: comma-separated in BROKER_AUDIT_FILE_DIRS). A device's file must resolve (symlinks
+    #: and ``..`` followed) to a place inside one of them. Empty: a file device may only
+    #: write to ``stdout``. Stops a token allowed to enable audit devices from appending
+    #: text it chose to a shell profile or a crontab (Vault's CVE-2025-6000).
+    audit_file_dirs: tuple[str, ...] = ()
+    #: Whether ``PUT sys/audit/:path`` may enable devices (OpenBao's
+    #: ``unsafe_allow_api_audit_creation``). On by default: the API is the only way to
+    #: enable a device, and without one nothing is audited; ``audit_file_dirs`` already
+    #: confines file devices. Turn it off once the devices are enabled.
+    allow_api_audit_creation: bool = True
     #: Revoked and failed lease rows are kept this long, then tidied away in batches.
     lease_retention: int = 7 * 24 * 3600
     tidy_interval: float = 600.0
@@ -56,8 +67,9 @@ class Settings:
     sweep_interval: float = 1.0
     sweep_batch_size: int = 200
     revoke_concurrency: int = 16
-    #: How long a claimed revocation stays hidden from other sweeps; a node that dies
-    #: mid-revocation releases its claims this way.
+    #: How long a claimed revocation stays hidden from other sweeps: the last resort for a
+    #: claimer alive but stuck. A node that dies mid-revocation loses its claims sooner,
+    #: once it misses three heartbeats (see nodes.py).
     claim_timeout: float = 60.0
     #: Upper bound on one user creation; a lease revoked while younger than this is
     #: revoked once more after it, in case a slow creator made the user afterwards.
@@ -68,7 +80,10 @@ class Settings:
     node_id: str = ""
     #: The address other nodes and operators can reach this node at (sys/ha-status).
     api_address: str = ""
-    heartbeat_interval: float = 5.0
+    #: Seconds between heartbeats. Three missed ones mark a node dead: sys/ha-status drops
+    #: it and the others take over its revocation claims (so a killed node's claimed
+    #: revocations wait seconds, not the claim timeout). One small upsert per interval.
+    heartbeat_interval: float = 1.0
     #: Seconds between scheduled orphan reports (0: off). See ``broker reconcile``.
     reconcile_interval: float = 0.0
     #: Grace for in-flight requests and claimed revocations on SIGTERM.
@@ -125,6 +140,8 @@ def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
         "lease_retention",
     ):
         return parse_duration(value, name)
+    if kind == "tuple[str, ...]":
+        return _directories(name, value)
     if kind == "bool":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     if kind == "int":
@@ -132,3 +149,14 @@ def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
     if kind == "float":
         return float(value)
     return str(value)
+
+
+def _directories(name: str, value: Any) -> tuple[str, ...]:
+    """A TOML list or a comma-separated string of absolute paths: a relative one would
+    depend on the directory the server happens to start in."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    paths = tuple(str(item).strip() for item in items if str(item).strip())
+    relative = [p for p in paths if not os.path.isabs(p)]
+    if relative:
+        raise ValueError(f"{name}: not absolute paths: {', '.join(relative)}")
+    return paths

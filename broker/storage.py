@@ -1,6 +1,6 @@
 """The broker's own storage on PostgreSQL, through asyncpg.
 
-The only module that runs the queries in ``sql/queries.sql``. Driver errors become
+The only module that runs the queries in ``broker/sql/queries.sql``. Driver errors become
 ``StorageUnavailable`` here, so callers see the broker's errors, never asyncpg's.
 """
 
@@ -60,10 +60,26 @@ def _wrapping_context(accessor: str) -> str:
     return f"broker_wrapped_responses/{accessor}"
 
 
-def like_prefix(prefix: str) -> str:
-    """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern that matches only itself: ``%``, ``_`` and the escape
+    character (PostgreSQL's default, backslash) lose their meaning, since a role name may
+    well contain ``_``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def segment_prefix(prefix: str) -> str:
+    """``prefix`` as whole path segments: ``database/creds/app`` becomes
+    ``database/creds/app/``, so it never reaches ``database/creds/app-admin/...`` (Vault's
+    lease prefixes are storage paths, matched by segment). ``""`` stays every lease."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def lease_pattern(prefix: str, *, exact: bool = False) -> str:
+    """The LIKE pattern for the leases a prefix operation touches: the one id when
+    ``exact``, else every id under ``prefix`` taken as whole segments."""
+    if exact:
+        return _like_literal(prefix)
+    return _like_literal(segment_prefix(prefix)) + "%"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -228,6 +244,44 @@ class Storage:
     async def count_live_leases_of_connection(self, mount: str, name: str) -> int:
         return int(await self._fetchval("count_live_leases_of_connection", mount, name))
 
+    async def delete_connection_unless_leased(self, mount: str, name: str) -> int | None:
+        """Delete the connection unless live leases still need it for their revocation.
+        None: it does not exist; else how many live leases kept it (0: deleted). Counted
+        under the row's lock, so an issuance in flight is either counted or finds the
+        connection gone before it makes its user (connections_still_exist)."""
+        async with self._translate(), self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(self._q["lock_connection_for_delete"], mount, name) is None:
+                return None
+            q = self._q["count_live_leases_of_connection"]
+            live = int(await conn.fetchval(q, mount, name))
+            if not live:
+                await conn.fetchval(self._q["delete_connection"], mount, name)
+            return live
+
+    async def delete_mount_unless_leased(self, path: str) -> int | None:
+        """The same for a whole mount (its connections and roles go with it)."""
+        async with self._translate(), self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(self._q["get_mount"], path) is None:
+                return None
+            await conn.fetch(self._q["lock_mount_connections"], path)
+            live = int(await conn.fetchval(self._q["count_live_leases_of_mount"], path))
+            if not live:
+                await conn.fetchval(self._q["delete_mount"], path)
+            return live
+
+    async def live_leases_of_connection(self, mount: str, name: str) -> list[str]:
+        rows = await self._fetch("live_leases_of_connection", mount, name)
+        return [row["lease_id"] for row in rows]
+
+    async def connections_still_exist(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (mount, name), whether the connection exists, waiting out a delete that
+        holds it (see the query)."""
+        rows = await self._fetch(
+            "connections_still_exist", [m for m, _ in pairs], [n for _, n in pairs]
+        )
+        present = {row["i"] for row in rows}
+        return [i in present for i in range(1, len(pairs) + 1)]
+
     # -- roles ----------------------------------------------------------------------------
 
     async def upsert_role(self, r: Role) -> None:
@@ -352,18 +406,34 @@ class Storage:
         return await self._fetchval("renew_lease", lease_id, expires_at) is not None
 
     async def claim_due_leases(
-        self, limit: int, claim_seconds: float, prefix: str = ""
+        self,
+        limit: int,
+        claim_seconds: float,
+        prefix: str = "",
+        *,
+        exact: bool = False,
+        owner: str | None = None,
     ) -> list[ClaimedLease]:
+        """Due leases (all of them, those under ``prefix``, or the one id when ``exact``),
+        claimed by the process ``owner`` (its instance id): when that process is seen dead,
+        ``release_dead_claims`` hands them back at once. No owner (a one-off CLI sweep, with
+        no heartbeat): only the claim timeout does."""
         rows = await self._fetch(
-            "claim_due_leases", limit, float(claim_seconds), like_prefix(prefix)
+            "claim_due_leases",
+            limit,
+            float(claim_seconds),
+            lease_pattern(prefix, exact=exact),
+            owner,
         )
         return [_record(ClaimedLease, row) for row in rows]
 
-    async def make_leases_due(self, prefix: str) -> int:
-        return self._rows_affected(await self._execute("make_leases_due", like_prefix(prefix)))
+    async def make_leases_due(self, prefix: str, *, exact: bool = False) -> int:
+        pattern = lease_pattern(prefix, exact=exact)
+        return self._rows_affected(await self._execute("make_leases_due", pattern))
 
-    async def count_pending_leases(self, prefix: str) -> int:
-        return int(await self._fetchval("count_pending_leases", like_prefix(prefix)))
+    async def count_pending_leases(self, prefix: str, *, exact: bool = False) -> int:
+        pattern = lease_pattern(prefix, exact=exact)
+        return int(await self._fetchval("count_pending_leases", pattern))
 
     async def finish_revocations(self, lease_ids: Sequence[str]) -> None:
         if lease_ids:
@@ -377,8 +447,9 @@ class Storage:
     async def schedule_revocation_recheck(self, lease_id: str, delay_seconds: float) -> None:
         await self._execute("schedule_revocation_recheck", lease_id, float(delay_seconds))
 
-    async def force_revoked(self, prefix: str) -> int:
-        return self._rows_affected(await self._execute("force_revoked", like_prefix(prefix)))
+    async def force_revoked(self, prefix: str, *, exact: bool = False) -> int:
+        pattern = lease_pattern(prefix, exact=exact)
+        return self._rows_affected(await self._execute("force_revoked", pattern))
 
     async def release_claims(self, lease_ids: Sequence[str]) -> None:
         if lease_ids:
@@ -407,8 +478,20 @@ class Storage:
 
     # -- nodes ----------------------------------------------------------------------------
 
-    async def heartbeat(self, node_id: str, api_address: str, version: str) -> None:
-        await self._execute("heartbeat", node_id, api_address, version)
+    async def heartbeat(
+        self, node_id: str, api_address: str, version: str, instance_id: str
+    ) -> None:
+        await self._execute("heartbeat", node_id, api_address, version, instance_id)
+
+    async def release_dead_claims(
+        self, node_id: str, instance_id: str, dead_after_seconds: float
+    ) -> int:
+        """Hand back (due now) the claims of dead processes: nodes silent for
+        ``dead_after_seconds``, and earlier instances of ``node_id``. Returns how many."""
+        status = await self._execute(
+            "release_dead_claims", node_id, instance_id, float(dead_after_seconds)
+        )
+        return self._rows_affected(status)
 
     async def remove_node(self, node_id: str) -> None:
         await self._execute("remove_node", node_id)
@@ -417,7 +500,9 @@ class Storage:
         return [dict(row) for row in await self._fetch("live_nodes", float(within_seconds))]
 
     async def list_lease_keys(self, prefix: str) -> list[str]:
-        rows = await self._fetch("list_lease_keys", like_prefix(prefix), len(prefix) + 1)
+        """The next segment of every live lease under ``prefix`` (whole segments)."""
+        prefix = segment_prefix(prefix)
+        rows = await self._fetch("list_lease_keys", lease_pattern(prefix), len(prefix) + 1)
         return [row["key"] for row in rows]
 
     async def bulk_insert_leases(self, leases: Sequence[NewLease], state: str) -> None:

@@ -50,7 +50,66 @@ def check_statements(kind: str, statements: Iterable[str]) -> None:
 
 
 def render(statement: str, values: Mapping[str, str]) -> str:
+    """Fill ``{{variables}}`` as they are. Not for SQL: statements go through
+    ``render_sql``, which refuses values that could end the quotes around them."""
     return _VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), statement)
+
+
+# -- values that reach SQL ----------------------------------------------------------------
+
+#: Characters that can end a quoted identifier or string literal in PostgreSQL or MySQL
+#: (``\`` where backslash escapes are on, as in MySQL's default SQL mode).
+_SQL_QUOTES = frozenset("'\"`\\")
+
+
+def _sql_unsafe(value: str) -> str | None:
+    """Why ``value`` cannot stand inside quotes in a statement, or None if it can."""
+    if any(c in _SQL_QUOTES for c in value):
+        return "quotes (' \" `) or backslashes"
+    if not value.isprintable():  # NUL, newlines, other control and invisible characters
+        return "control or non-printable characters"
+    return None
+
+
+def check_account_name(field: str, name: str) -> None:
+    """Refuse an existing account's name (a static role's ``username``, a connection's
+    admin) that could not be written safely between quotes in a statement.
+
+    Names may hold what real accounts use ('-', '.', '@', spaces inside, non-ASCII
+    letters), but not quote characters, backslashes or control characters: statements
+    written by a role's author put ``{{name}}`` between quotes, and no rendering can know
+    which quotes those are. Leading or trailing blanks are refused too: MySQL ignores
+    trailing spaces when comparing names, so such a name would stand for another account.
+    """
+    if not name:
+        raise InvalidRequest(f"{field} is required")
+    why = _sql_unsafe(name)
+    if why is not None:
+        raise InvalidRequest(f"{field} may not contain {why}")
+    if name != name.strip():
+        raise InvalidRequest(f"{field} may not begin or end with a space")
+
+
+def render_sql(statement: str, values: Mapping[str, str]) -> str:
+    """``render`` for statements sent to a database.
+
+    Every value substituted is checked: a user name or password that holds a quote could
+    close the quotes the statement's author put around ``{{name}}`` and append SQL of its
+    own, run with the connection's privileges. The broker's own values never fail this
+    (generated names and passwords come from quote-free alphabets, account names are
+    checked on write); a failure means a check was missed upstream, so nothing runs.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            return match.group(0)
+        why = _sql_unsafe(values[name])
+        if why is not None:  # the value itself is never echoed: it may be a password
+            raise InvalidRequest(f"the value of {{{{{name}}}}} contains {why}; refused")
+        return values[name]
+
+    return _VARIABLE.sub(value, statement)
 
 
 def split_statements(text: str) -> list[str]:
@@ -109,7 +168,14 @@ def expand_statements(statements: Iterable[str]) -> list[str]:
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _RANDOM_LENGTH = 20
 _MIN_RANDOM_LENGTH = 8
-_TEMPLATE_OUTPUT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# \Z, not $: "$" also matches before a final newline.
+_TEMPLATE_OUTPUT = re.compile(r"\A[A-Za-z0-9_.\-]+\Z")
+
+
+def is_issued_username(name: str) -> bool:
+    """Whether the broker could have made ``name``: default and templated user names only
+    ever hold letters, digits, '_', '.' and '-'. Reconciliation acts on nothing else."""
+    return bool(_TEMPLATE_OUTPUT.match(name))
 
 
 def _slug(text: str) -> str:

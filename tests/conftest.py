@@ -36,6 +36,30 @@ MYSQL_APP_DB = "broker_test_app"
 MYSQL_OTHER_DB = "broker_test_other"
 PG_READERS = "app_readers"
 PG_WRITERS = "app_writers"
+#: The suite's PostgreSQL admin: not a superuser, with exactly the grants the README's
+#: "What the admin needs" gives (production's shape); a few tests use the superuser.
+PG_ADMIN = "brkt_admin"
+PG_ADMIN_PASSWORD = "adm-" + secrets.token_hex(12)
+
+
+def pg_admin_grants(admin: str, password: str) -> list[str]:
+    """The README's statements for a least-privilege admin, cluster-wide part (run as a
+    superuser in any database)."""
+    return [
+        f"CREATE ROLE {admin} WITH LOGIN CREATEROLE PASSWORD '{password}'",
+        f"GRANT pg_signal_backend TO {admin}",
+        f"GRANT {PG_READERS}, {PG_WRITERS} TO {admin} WITH ADMIN OPTION",
+    ]
+
+
+def pg_admin_database_grants(admin: str, database: str) -> list[str]:
+    """The README's per-database part: connecting, and granting on to users the table
+    privileges that creation statements grant directly (Vault's documented examples)."""
+    return [
+        f"GRANT CONNECT ON DATABASE {database} TO {admin}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {admin} WITH GRANT OPTION",
+    ]
+
 
 PG_READONLY = (
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; "
@@ -109,6 +133,8 @@ async def pg_target(pg_cluster: PgCluster) -> PgCluster:
             await admin.execute(f"CREATE DATABASE {db}")
         await admin.execute(f"CREATE ROLE {PG_READERS} NOLOGIN")
         await admin.execute(f"CREATE ROLE {PG_WRITERS} NOLOGIN")
+        for statement in pg_admin_grants(PG_ADMIN, PG_ADMIN_PASSWORD):
+            await admin.execute(statement)
     finally:
         await admin.close()
     for db in ("app", "app2"):
@@ -124,6 +150,8 @@ async def pg_target(pg_cluster: PgCluster) -> PgCluster:
                 GRANT USAGE, CREATE ON SCHEMA public TO {PG_WRITERS};
                 """
             )
+            for statement in pg_admin_database_grants(PG_ADMIN, db):
+                await conn.execute(statement)
         finally:
             await conn.close()
     return pg_cluster
@@ -142,7 +170,9 @@ async def mysql_target() -> AsyncIterator[None]:
     )
     yield
     await drop_test_mysql_users()
-    await mysql_admin(f"DROP DATABASE {MYSQL_APP_DB}", f"DROP DATABASE {MYSQL_OTHER_DB}")
+    await mysql_admin(
+        f"DROP DATABASE IF EXISTS {MYSQL_APP_DB}", f"DROP DATABASE IF EXISTS {MYSQL_OTHER_DB}"
+    )
 
 
 async def drop_test_mysql_users() -> None:
@@ -170,14 +200,19 @@ async def create_database(pg_cluster: PgCluster, prefix: str) -> str:
 
 
 def pg_connection_config(pg: PgCluster) -> dict[str, str]:
-    """A ``database/config`` body for the test cluster, as its superuser."""
+    """A ``database/config`` body for the test cluster, as the least-privilege admin."""
     return {
         "plugin_name": "postgresql-database-plugin",
         "connection_url": pg.url_template,
-        "username": "postgres",
-        "password": pg.server.password,
+        "username": PG_ADMIN,
+        "password": PG_ADMIN_PASSWORD,
         "allowed_roles": "*",
     }
+
+
+def pg_superuser_config(pg: PgCluster) -> dict[str, str]:
+    """The same, as the cluster's superuser (still supported; a few tests use it)."""
+    return {**pg_connection_config(pg), "username": "postgres", "password": pg.server.password}
 
 
 def own_broker_settings(storage_dsn: str, **changes: Any) -> Settings:
@@ -221,7 +256,10 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(scope="session")
 async def broker(
-    pg_target: PgCluster, mysql_target: None, http_session: aiohttp.ClientSession
+    pg_target: PgCluster,
+    mysql_target: None,
+    http_session: aiohttp.ClientSession,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[RunningBroker]:
     """A broker on a real port, with a database mount, a PostgreSQL connection 'pg' and a
     MariaDB connection 'my', and one read-only role on each ('brkt' marks test users)."""
@@ -234,6 +272,7 @@ async def broker(
         creation_timeout=5,
         seal_type="env",
         auto_init=True,
+        audit_file_dirs=(str(tmp_path_factory.getbasetemp()),),  # tests' tmp_path
     )
     runner = await start_server(settings)
     address = f"http://{settings.listen_address}"

@@ -8,8 +8,9 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from aiohttp import web
 
@@ -20,9 +21,10 @@ from broker.api import console
 from broker.api.audit_entries import audit_request_entry, audit_response_part
 from broker.api.listmethod import VaultAppRunner
 from broker.api.params import Params
+from broker.api.paths import canonical_path, judged_form
 from broker.api.responses import PAYLOAD, broker_error_response, error_response, vault_response
 from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
-from broker.api.routing import Handler, Route, match, operation_of
+from broker.api.routing import Handler, Operation, Route, match, operation_of
 from broker.api.sys_wrapping import WRAP_TTL_HEADER
 from broker.audit import Auditor
 from broker.auth.approle import AppRoleManager, AuthMethods
@@ -33,7 +35,7 @@ from broker.catalog import Catalog
 from broker.catalog_cache import IssueContextCache
 from broker.durations import parse_duration
 from broker.engines.registry import EngineRegistry
-from broker.exceptions import BrokerError, PermissionDenied, Sealed
+from broker.exceptions import BrokerError, InvalidRequest, PermissionDenied, Sealed
 from broker.leases import LeaseManager
 from broker.logs import REQUEST_ID
 from broker.metrics import Metrics
@@ -47,7 +49,7 @@ from broker.scheduler import SweepScheduler
 from broker.seal import SealManager
 from broker.settings import Settings
 from broker.storage import Storage, create_pool
-from broker.wrapping import Wrapper
+from broker.wrapping import MAX_WRAP_TTL, Wrapper
 
 log = logging.getLogger(__name__)
 #: One line per request; paths hold role names and lease ids, never a secret.
@@ -90,23 +92,28 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     """Parse, authenticate, authorise, audit, call: in that order, so nothing is done for a
     caller the policies refuse and nothing is served that no audit device recorded."""
     services = request.app[SERVICES]
-    path = request.match_info["tail"]
     operation = operation_of(request)
     remote = request.remote or ""
     services.address_limits.take(remote, "address")
+    # The one form of the path that the ACL judges and the handler acts on (paths.py).
+    path = canonical_path(request.match_info["tail"], operation is Operation.LIST)
     if services.seal.sealed and not (path == "sys/health" or path.startswith(_SEALED_PATHS)):
         raise Sealed()
     found = await _resolve(services, path)
     if found is None:
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args, mount = found
+    path, args = judged_form(path, target, args)
     request[ROUTE_KEY] = _route_label(path, target, mount)
     if services.seal.sealed and not target.sealed_ok:
         raise Sealed()
     handler = target.handlers.get(operation) if operation else None
     if handler is None:
         return error_response(405, ["unsupported operation"])
+    # Everything about the request is checked before any handler runs: a handler's side
+    # effects (a login, a lease) happen only for a request that will get its answer.
     params = await Params.from_request(request)
+    wrap_ttl = _wrap_ttl(request.headers.get(WRAP_TTL_HEADER, ""))
     caller: Caller | None = None
     denied = False
     if target.authenticated:
@@ -118,13 +125,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         else:
             denied = True
     ctx = RequestContext(request, services, params, args, mount, caller, remote)
-    wrap_ttl = request.headers.get(WRAP_TTL_HEADER, "")
     if (
         wrap_ttl
         and not denied
         and (path == "sys/wrapping/wrap" or not path.startswith("sys/wrapping/"))
     ):
-        handler = _wrapped(handler, parse_duration(wrap_ttl, "X-Vault-Wrap-TTL"), path)
+        handler = _wrapped(handler, wrap_ttl, path)
     auditing = services.auditor.enabled and not services.seal.sealed
     try:
         if not auditing:
@@ -137,6 +143,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             await services.tokens.after_request(caller)
 
 
+def _wrap_ttl(header: str) -> int:
+    """The requested wrap TTL in seconds (0: no wrapping), refused with a 400 before any
+    handler runs: a bad TTL found after issuing credentials would leave a login nobody
+    received."""
+    if not header:
+        return 0
+    ttl = parse_duration(header, "X-Vault-Wrap-TTL")
+    if not 1 <= ttl <= MAX_WRAP_TTL:
+        raise InvalidRequest(f"X-Vault-Wrap-TTL must be 1s to {MAX_WRAP_TTL}s")
+    return ttl
+
+
 def _wrapped(handler: Handler, ttl: int, path: str) -> Handler:
     """Vault's response wrapping: a successful answer is stored behind a single-use token
     and the client gets only ``wrap_info``."""
@@ -146,10 +164,29 @@ def _wrapped(handler: Handler, ttl: int, path: str) -> Handler:
         payload = response.get(PAYLOAD)
         if response.status != 200 or payload is None:
             return response
-        info = await ctx.services.wrapper.wrap(payload, ttl, path)
+        try:
+            info = await ctx.services.wrapper.wrap(payload, ttl, path)
+        except BaseException:
+            await _undo_unsent(ctx, payload)
+            raise
         return vault_response(None, wrap_info=info)
 
     return wrapping
+
+
+async def _undo_unsent(ctx: RequestContext, payload: Mapping[str, Any]) -> None:
+    """A lease or a token that will not reach the client (its wrapping or its audit entry
+    failed) is revoked now, not left alive for its whole TTL."""
+    lease_id = payload.get("lease_id")
+    auth = payload.get("auth")
+    accessor = auth.get("accessor") if isinstance(auth, Mapping) else None
+    try:
+        if lease_id and isinstance(lease_id, str):
+            await ctx.services.leases.revoke(lease_id)
+        if accessor and isinstance(accessor, str):
+            await ctx.services.tokens.revoke(accessor)
+    except BrokerError:
+        log.warning("an answer that was not delivered left a lease or token to expire")
 
 
 async def _audited(
@@ -167,9 +204,15 @@ async def _audited(
     except BrokerError as exc:
         response = broker_error_response(exc)
         error = "; ".join(exc.errors)
-    await services.auditor.record(
-        {**entry, "type": "response", **audit_response_part(response, error, hmac)}
-    )
+    try:
+        await services.auditor.record(
+            {**entry, "type": "response", **audit_response_part(response, error, hmac)}
+        )
+    except BaseException:
+        payload = response.get(PAYLOAD)
+        if response.status == 200 and payload is not None:
+            await _undo_unsent(ctx, payload)
+        raise
     return response
 
 
@@ -178,7 +221,8 @@ async def request_context(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Give the request an id (logs, ``X-Request-Id``, the body's ``request_id``); count,
-    time and log it by route template (never the raw path as a label: unbounded)."""
+    time and log it by route template (never the raw path as a label: unbounded). The
+    logged path stays percent-encoded, so an encoded newline cannot forge a log line."""
     request_id = str(uuid.uuid4())
     REQUEST_ID.set(request_id)
     started = time.perf_counter()
@@ -192,11 +236,11 @@ async def request_context(
     access_log.info(
         "%s %s %d",
         request.method,
-        request.path,
+        request.raw_path,
         response.status,
         extra={
             "method": request.method,
-            "path": request.path,
+            "path": request.raw_path,
             "route": route_name,
             "status": response.status,
             "duration_ms": round(elapsed * 1000, 2),
@@ -222,7 +266,7 @@ async def vault_errors(
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, request.raw_path)
         return error_response(500, ["internal error"])
 
 
@@ -254,17 +298,30 @@ def _services_ctx(
             await contexts.start()
             metrics = Metrics()
             passwords = PasswordPolicyStore(storage)
-            leases = LeaseManager(storage, engines, settings, contexts, metrics, passwords)
+            identity = NodeIdentity.from_settings(settings)
+            leases = LeaseManager(
+                storage,
+                engines,
+                settings,
+                contexts,
+                metrics,
+                passwords,
+                claim_owner=identity.instance_id,
+            )
             catalog = Catalog(storage, engines, leases, settings, contexts, passwords)
             await catalog.refresh_mounts()
             scheduler = SweepScheduler(leases, settings.sweep_interval)
-            identity = NodeIdentity.from_settings(settings)
             nodes = NodeRegistry(storage, identity, settings.heartbeat_interval)
             reconciler = Reconciler(storage, engines)
             tokens = TokenManager(storage, settings, scheduler.kick)
             seal = SealManager(storage, settings, tokens.create_root)
             auth_methods = AuthMethods(storage)
-            auditor = Auditor(storage, identity.node_id)
+            auditor = Auditor(
+                storage,
+                identity.node_id,
+                settings.audit_file_dirs,
+                settings.allow_api_audit_creation,
+            )
             rotations = Rotations(storage, engines, passwords)
             services = Services(
                 settings,

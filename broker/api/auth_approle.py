@@ -40,7 +40,7 @@ async def write_role(ctx: RequestContext) -> web.StreamResponse:
         secret_id_num_uses=_int(p, "secret_id_num_uses"),
         secret_id_bound_cidrs=p.strings("secret_id_bound_cidrs") or p.strings("bound_cidr_list"),
     )
-    await ctx.services.approle.write_role(ctx.mount, ctx.arg("name"), update)
+    await ctx.services.approle.write_role(ctx.mount, ctx.arg("name"), update, ctx.require_caller())
     warnings = p.unused_warning()
     return vault_response(None, warnings=warnings) if warnings else no_content()
 
@@ -81,7 +81,7 @@ async def read_role_id(ctx: RequestContext) -> web.StreamResponse:
 async def write_role_id(ctx: RequestContext) -> web.StreamResponse:
     await ctx.services.approle.read_role(ctx.mount, ctx.arg("name"))  # 404 if absent
     update = AppRoleUpdate(role_id=ctx.params.required_str("role_id"))
-    await ctx.services.approle.write_role(ctx.mount, ctx.arg("name"), update)
+    await ctx.services.approle.write_role(ctx.mount, ctx.arg("name"), update, ctx.require_caller())
     return no_content()
 
 

@@ -69,8 +69,10 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
         verify_connection=p.flag("verify_connection"),
         options=options or None,
     )
-    await ctx.services.catalog.write_connection(ctx.mount, ctx.arg("name"), update)
-    warnings = p.unused_warning()
+    # Vault-style warnings: privileges the admin lacks (named with the GRANT that fixes
+    # each), then parameters that were ignored.
+    warnings = await ctx.services.catalog.write_connection(ctx.mount, ctx.arg("name"), update)
+    warnings += p.unused_warning()
     if warnings:
         return vault_response(None, warnings=warnings)
     return no_content()
@@ -100,5 +102,10 @@ async def list_connections(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def delete_connection(ctx: RequestContext) -> web.StreamResponse:
-    await ctx.services.catalog.delete_connection(ctx.mount, ctx.arg("name"))
-    return no_content()
+    """Refused while live leases need the connection; ``force=true`` (query or body, a
+    broker extension) revokes them first and answers how many it revoked."""
+    force = bool(ctx.params.flag("force", False))
+    revoked = await ctx.services.catalog.delete_connection(ctx.mount, ctx.arg("name"), force=force)
+    if not force:
+        return no_content()
+    return vault_response({"revoked_leases": revoked})

@@ -56,6 +56,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"sys/policy/?", read=sys_policy.list_policies, list=sys_policy.list_acl_policies),
     route(
         r"sys/policy/(?P<name>[^/]+)",
+        case_insensitive=True,
         read=sys_policy.read_policy,
         update=sys_policy.write_policy,
         delete=sys_policy.delete_policy,
@@ -63,6 +64,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"sys/policies/acl/?", list=sys_policy.list_acl_policies),
     route(
         r"sys/policies/acl/(?P<name>[^/]+)",
+        case_insensitive=True,
         read=sys_policy.read_policy,
         update=sys_policy.write_policy,
         delete=sys_policy.delete_policy,
@@ -117,10 +119,16 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"sys/leases/lookup/(?P<prefix>.+)", list=sys_leases.list_leases),
     route(r"sys/leases/renew(?:/(?P<lease_id>.+))?", update=sys_leases.renew_lease),
     route(r"sys/leases/revoke(?:/(?P<lease_id>.+))?", update=sys_leases.revoke_lease),
-    route(r"sys/renew(?:/(?P<lease_id>.+))?", update=sys_leases.renew_lease),
-    route(r"sys/revoke(?:/(?P<lease_id>.+))?", update=sys_leases.revoke_lease),
     route(r"sys/leases/revoke-prefix/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_prefix),
     route(r"sys/leases/revoke-force/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_force),
+    # Vault's legacy aliases, still called by older clients. The ACL is checked on the path
+    # requested, as Vault does: a policy must name sys/revoke-prefix/... itself.
+    route(r"sys/renew(?:/(?P<lease_id>.+))?", update=sys_leases.renew_lease),
+    route(r"sys/revoke(?:/(?P<lease_id>.+))?", update=sys_leases.revoke_lease),
+    route(r"sys/revoke-prefix/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_prefix),
+    route(r"sys/revoke-force/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_force),
+    # The broker's own: what it keeps of a lease after Vault would have forgotten it.
+    route(r"sys/leases/history/(?P<lease_id>.+)", read=sys_leases.lease_history),
     route(r"sys/leases/tidy", sudo=True, update=sys_leases.tidy),
 )
 

@@ -40,6 +40,9 @@ class Route:
     sudo: bool = False
     #: Served while sealed (seal status, init, unseal, health); every other path is a 503.
     sealed_ok: bool = False
+    #: The names in this path are case-insensitive (Vault lower-cases policy names): the
+    #: path is lower-cased before the ACL judges it, so handler and ACL see one name.
+    case_insensitive: bool = False
 
 
 def path_template(pattern: str) -> str:
@@ -54,6 +57,7 @@ def route(
     *,
     sudo: bool = False,
     sealed_ok: bool = False,
+    case_insensitive: bool = False,
     **handlers: Handler,
 ) -> Route:
     return Route(
@@ -63,6 +67,7 @@ def route(
         path_template(pattern),
         sudo,
         sealed_ok,
+        case_insensitive,
     )
 
 

@@ -40,7 +40,7 @@ async def disable_device(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def hash_value(ctx: RequestContext) -> web.StreamResponse:
-    path = ctx.arg("path").strip("/")
+    path = ctx.arg("path")  # canonical already: what the ACL judged
     if path not in {d.path for d in await ctx.services.auditor.list()}:
         raise NotFound(f"unknown audit backend {path}")
     value = ctx.params.text("input")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.api.context import RequestContext
+from broker.api.paths import canonical_path
 from broker.api.responses import vault_response
 from broker.exceptions import InvalidRequest
 
@@ -16,7 +17,10 @@ async def _answer(ctx: RequestContext, policies: tuple[str, ...]) -> web.StreamR
     acl = await ctx.services.policies.acl(policies)
     data: dict[str, list[str]] = {}
     for path in paths:
-        data[path] = sorted(acl.capabilities(path.lstrip("/")))
+        # The form a request to ``path`` would be judged in (a trailing slash, as on LIST,
+        # is kept: list capabilities are asked for that way).
+        judged = canonical_path(path, listing=path.endswith("/"))
+        data[path] = sorted(acl.capabilities(judged))
     if len(paths) == 1:
         data["capabilities"] = data[paths[0]]
     return vault_response(data, top_level=True)

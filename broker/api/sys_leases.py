@@ -1,14 +1,25 @@
-"""sys/leases: lookup, list, renew, revoke, revoke-prefix, revoke-force."""
+"""sys/leases: lookup, list, renew, revoke, revoke-prefix, revoke-force (and Vault's
+legacy aliases sys/renew, sys/revoke, sys/revoke-prefix, sys/revoke-force), plus the
+broker's own sys/leases/history.
+
+Lookup and renew answer as Vault does for a lease that is gone (revoked, expired and
+swept, never issued): Vault forgets a lease when it revokes it, and clients read its
+400 as "this login is over". The rows the broker keeps after revocation are served by
+``sys/leases/history/:lease_id``, a path no Vault client calls, with its own policy.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from aiohttp import web
 
 from broker.api.context import RequestContext
 from broker.api.responses import list_response, no_content, vault_response
-from broker.exceptions import InvalidRequest
+from broker.exceptions import InvalidRequest, NotFound
+from broker.leases import renewal_refusal, vault_knows
+from broker.models import Lease
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -16,23 +27,24 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 
 def _lease_id(ctx: RequestContext) -> str:
-    """The id from the URL tail or the body (Vault accepts both)."""
-    lease_id = ctx.path_args.get("lease_id") or ctx.params.text("lease_id") or ""
+    """The id from the URL tail (as the ACL judged it: canonical, nothing to trim) or the
+    body (Vault accepts both; the ACL judged only the path then, so trimming is safe)."""
+    lease_id = ctx.path_args.get("lease_id") or (ctx.params.text("lease_id") or "").strip("/")
     if not lease_id:
         raise InvalidRequest("lease_id must be specified")
-    return lease_id.strip("/")
+    return lease_id
 
 
-async def lookup_lease(ctx: RequestContext) -> web.StreamResponse:
-    lease = await ctx.services.leases.lookup(_lease_id(ctx))
+def _lease_data(lease: Lease) -> dict[str, Any]:
+    """Vault's lookup fields, then the broker's own (ignored by Vault clients)."""
     now = dt.datetime.now(dt.UTC)
-    live = lease.is_live and lease.revoked_at is None
+    live = vault_knows(lease)
     data = {
         "id": lease.lease_id,
         "issue_time": _iso(lease.issued_at),
         "expire_time": _iso(lease.expires_at) if live else None,
         "last_renewal": _iso(lease.last_renewed_at),
-        "renewable": lease.state == "active",
+        "renewable": renewal_refusal(lease, now) is None,
         "ttl": max(0, int((lease.expires_at - now).total_seconds())) if live else 0,
         # Beyond Vault: where the lease is in its life, and why a revocation is retrying.
         "state": lease.state,
@@ -43,7 +55,22 @@ async def lookup_lease(ctx: RequestContext) -> web.StreamResponse:
         # The token that asked for it (revoking that token revokes this lease).
         "token_accessor": lease.token_accessor,
     }
-    return vault_response(data, top_level=True)
+    return data
+
+
+async def lookup_lease(ctx: RequestContext) -> web.StreamResponse:
+    """Vault's lookup: 400 "invalid lease" for a lease Vault would no longer hold."""
+    lease = await ctx.services.leases.lookup(_lease_id(ctx))
+    return vault_response(_lease_data(lease), top_level=True)
+
+
+async def lease_history(ctx: RequestContext) -> web.StreamResponse:
+    """The broker's record of a lease, revoked or not, until tidied (``lease_retention``).
+    The id is in the path so a policy can scope it: ``sys/leases/history/database/*``."""
+    lease = await ctx.services.leases.history(_lease_id(ctx))
+    if lease is None:
+        raise NotFound()
+    return vault_response(_lease_data(lease), top_level=True)
 
 
 async def list_leases(ctx: RequestContext) -> web.StreamResponse:
@@ -77,8 +104,10 @@ async def revoke_lease(ctx: RequestContext) -> web.StreamResponse:
 
 
 def _prefix(ctx: RequestContext) -> str:
-    prefix = ctx.arg("prefix").strip()
-    if not prefix.strip("/"):
+    """The prefix exactly as the ACL saw it in the path (nothing trimmed after the check);
+    the lease manager takes it as whole segments."""
+    prefix = ctx.arg("prefix")
+    if not prefix.strip("/ "):
         raise InvalidRequest("a non-empty prefix is required")
     return prefix
 

@@ -15,7 +15,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from broker.auth.tokens import Caller, TokenManager, TokenRequest, check_cidrs, in_cidrs
+from broker.auth.policies import ROOT
+from broker.auth.tokens import (
+    Caller,
+    TokenManager,
+    TokenRequest,
+    check_cidrs,
+    grantable_policies,
+    in_cidrs,
+    normalise_policies,
+)
 from broker.exceptions import InvalidRequest, NotFound
 from broker.models import AppRole, TokenEntry
 from broker.storage import Storage
@@ -23,7 +32,6 @@ from broker.storage import Storage
 AUTH_TYPES = ("approle",)
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
-_ROOT_CALLER = Caller(("root",), "root", None, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +109,19 @@ class AppRoleManager:
         self._storage = storage
         self._tokens = tokens
 
-    async def write_role(self, mount: str, name: str, update: AppRoleUpdate) -> None:
+    async def write_role(
+        self, mount: str, name: str, update: AppRoleUpdate, writer: Caller
+    ) -> None:
+        """Create or change a role. Its ``token_policies`` are what every login will be
+        given, so they are held to the writer's own (``grantable_policies``) and can
+        never include ``root``: a role writer must not be able to mint a root token."""
         if not _NAME.match(name):
             raise InvalidRequest(f"invalid role name {name!r}: use letters, digits, '_', '.', '-'")
+        if update.token_policies is not None:
+            if ROOT in normalise_policies(update.token_policies):
+                raise InvalidRequest("auth methods cannot create root tokens")
+            policies = grantable_policies(writer, update.token_policies)
+            update = dataclasses.replace(update, token_policies=policies)
         existing = await self._storage.get_approle_role(mount, name)
         base = existing or AppRole(mount, name, str(uuid.uuid4()), True, (), 0, 0, 0, (), 0, 0, ())
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
@@ -197,6 +215,10 @@ class AppRoleManager:
         # Addresses first: a secret ID tried from outside its blocks is not spent by it.
         if not in_cidrs(remote, role.secret_id_bound_cidrs):
             raise InvalidRequest("invalid role or secret ID")
+        if ROOT in normalise_policies(role.token_policies):
+            # A role written before writes were checked (or edited in storage): refused
+            # before a secret ID is spent; create_for_login refuses it again regardless.
+            raise InvalidRequest("auth methods cannot create root tokens")
         if role.bind_secret_id:
             if not secret_id:
                 raise InvalidRequest("missing secret_id")
@@ -206,8 +228,7 @@ class AppRoleManager:
                 raise InvalidRequest("invalid role or secret ID")
             if await self._storage.consume_secret_id(digest, mount, role.name) is None:
                 raise InvalidRequest("invalid role or secret ID")  # spent or expired
-        return await self._tokens.create(
-            _ROOT_CALLER,
+        return await self._tokens.create_for_login(
             TokenRequest(
                 policies=role.token_policies,
                 ttl=role.token_ttl or None,

@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.policies import DEFAULT, ROOT
@@ -61,6 +61,24 @@ def check_cidrs(cidrs: Sequence[str], field_name: str) -> tuple[str, ...]:
         except ValueError as exc:
             raise InvalidRequest(f"{field_name}: invalid CIDR block {cidr!r}") from exc
     return tuple(cidrs)
+
+
+def normalise_policies(names: Sequence[str]) -> tuple[str, ...]:
+    """Policy names as stored and compared: trimmed, lower-cased (Vault's), no blanks."""
+    return tuple(sorted({n.strip().lower() for n in names if n.strip()}))
+
+
+def grantable_policies(writer: Caller, names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` normalised, if ``writer`` may hand them out: Vault's rule for child
+    tokens (a non-root writer grants only a subset of its own policies, ``default``
+    aside), applied to everything that grants policies: tokens and auth method roles.
+    Without it, whoever may write an AppRole role could write one carrying ``root``."""
+    wanted = normalise_policies(names)
+    if not writer.is_root:
+        extra = sorted(set(wanted) - set(writer.policies) - {DEFAULT})
+        if extra:
+            raise PermissionDenied(f"child policies must be subset of parent: {', '.join(extra)}")
+    return wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,19 +165,48 @@ class TokenManager:
         return entry
 
     async def after_request(self, caller: Caller) -> None:
-        """Vault's rule for use-limited tokens: the last use revokes the token (and its
-        leases, but not its children), once the request it authorised is done."""
+        """Vault's rule for use-limited tokens: the last use revokes the token with its
+        descendants and their leases, once the request it authorised is done. (Such a
+        token cannot create children, but a tree revoke leaves no way for one to live on.)"""
         if caller.spent and caller.entry is not None:
-            await self.revoke_orphan(caller.entry.accessor)
+            await self.revoke(caller.entry.accessor)
 
     # -- creation -------------------------------------------------------------------------
 
     async def create(
         self, parent: Caller, request: TokenRequest, *, may_orphan: bool = False
     ) -> tuple[str, TokenEntry]:
+        """``auth/token/create``: a child of ``parent`` (or an orphan, for callers allowed
+        to make one) under Vault's rules: a use-limited token has no children, a non-root
+        parent hands out only its own policies, and a child cannot outlive its parent."""
+        if parent.entry is not None and parent.entry.num_uses > 0:
+            # Vault's rule: otherwise a token's last use would buy an unlimited child.
+            raise InvalidRequest("restricted use token cannot generate child tokens")
         policies = self._child_policies(parent, request)
         if request.no_parent and not (parent.is_root or may_orphan):
             raise PermissionDenied("root or sudo privileges required to create orphan token")
+        ceiling = None if request.no_parent or parent.entry is None else parent.entry
+        return await self._insert(request, policies, parent.accessor, ceiling)
+
+    async def create_for_login(self, request: TokenRequest) -> tuple[str, TokenEntry]:
+        """The token an auth method (AppRole now; Kubernetes and JWT next) hands out at
+        login: always an orphan, never root, whatever the method's stored role says."""
+        policies = normalise_policies(request.policies or ())
+        if ROOT in policies:
+            raise InvalidRequest("auth methods cannot create root tokens")
+        if not request.no_default_policy:
+            policies = tuple(sorted({*policies, DEFAULT}))
+        return await self._insert(replace(request, no_parent=True), policies, None, None)
+
+    async def _insert(
+        self,
+        request: TokenRequest,
+        policies: tuple[str, ...],
+        parent_accessor: str | None,
+        ceiling: TokenEntry | None,
+    ) -> tuple[str, TokenEntry]:
+        """Store a new token. ``ceiling`` is the parent a child may not outlive: the
+        child's expiry and maximum are capped at the parent's maximum."""
         if request.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
         now = _now()
@@ -177,9 +224,20 @@ class TokenManager:
         display = "token" + (f"-{name}" if name else "")
         if request.path != "auth/token/create":
             display = _DISPLAY_NAME_UNSAFE.sub("-", request.display_name) or display
+        expires_at = now + dt.timedelta(seconds=ttl) if ttl else None
+        max_expires_at = now + dt.timedelta(seconds=max_ttl) if ttl else None
+        if ceiling is not None and ceiling.max_expires_at is not None:
+            limit = ceiling.max_expires_at
+            if expires_at is None or expires_at > limit:
+                expires_at = limit
+            if max_expires_at is None or max_expires_at > limit:
+                max_expires_at = limit
+            if expires_at <= now:
+                raise InvalidRequest("the parent token has expired")
+            ttl = max(1, int((expires_at - now).total_seconds()))
         entry = TokenEntry(
             accessor=new_accessor(),
-            parent_accessor=None if request.no_parent else parent.accessor,
+            parent_accessor=parent_accessor,
             policies=policies,
             display_name=display,
             meta=dict(request.meta),
@@ -191,8 +249,8 @@ class TokenManager:
             path=request.path,
             bound_cidrs=request.bound_cidrs,
             created_at=now,
-            expires_at=now + dt.timedelta(seconds=ttl) if ttl else None,
-            max_expires_at=now + dt.timedelta(seconds=max_ttl) if ttl else None,
+            expires_at=expires_at,
+            max_expires_at=max_expires_at,
         )
         token = new_token()
         await self._storage.insert_token(self._storage.barrier.token_hmac(token), entry)
@@ -205,23 +263,15 @@ class TokenManager:
         if request.policies is None:
             wanted = [p for p in parent.policies if p != DEFAULT]
         else:
-            wanted = [p.strip().lower() for p in request.policies if p.strip()]
-        if not parent.is_root:
-            extra = sorted(set(wanted) - set(parent.policies) - {DEFAULT})
-            if extra:
-                raise PermissionDenied(
-                    f"child policies must be subset of parent: {', '.join(extra)}"
-                )
+            wanted = list(grantable_policies(parent, request.policies))
         if not request.no_default_policy and ROOT not in wanted:
             wanted.append(DEFAULT)
         return tuple(sorted(set(wanted)))
 
     async def create_root(self) -> str:
         """The initial root token of ``sys/init``."""
-        root = Caller((ROOT,), "root", None, "")
-        token, _ = await self.create(
-            root, TokenRequest(policies=(ROOT,), no_parent=True, path="auth/token/root")
-        )
+        request = TokenRequest(policies=(ROOT,), no_parent=True, path="auth/token/root")
+        token, _ = await self._insert(request, (ROOT,), None, None)
         return token
 
     # -- lookup and renewal ---------------------------------------------------------------

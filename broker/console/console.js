@@ -23,7 +23,9 @@ async function api(method, path, body) {
   if (resp.status === 404 && method === "LIST") return { data: { keys: [] } };
   if (!resp.ok) {
     const errors = (data.errors || []).join("; ") || resp.statusText;
-    throw new Error(`${method} ${path}: ${resp.status} ${errors}`);
+    throw Object.assign(new Error(`${method} ${path}: ${resp.status} ${errors}`), {
+      status: resp.status,
+    });
   }
   return data;
 }
@@ -102,8 +104,15 @@ async function refresh() {
 
     const leases = [];
     for (const id of ids) {
-      const info = (await api("PUT", "sys/leases/lookup", { lease_id: id })).data;
-      if (info.state === "active" || info.state === "creating") leases.push(info);
+      // A lease revoked since the listing is gone: Vault's lookup answers 400 "invalid lease".
+      const info = await api("PUT", "sys/leases/lookup", { lease_id: id }).then(
+        (reply) => reply.data,
+        (error) => {
+          if (error.status === 400) return null;
+          throw error;
+        },
+      );
+      if (info && (info.state === "active" || info.state === "creating")) leases.push(info);
     }
     leases.sort((a, b) => a.ttl - b.ttl);
     $("active-count").textContent = String(leases.length);

@@ -69,9 +69,15 @@ class DatabaseEngine(Protocol):
         """Where the connection goes, as written (host names, IP addresses, or a socket
         path starting with '/'), for ``allowed_target_hosts``."""
 
+    async def user_exists(self, username: str) -> bool:
+        """Whether an account of that name exists, asked with a parameterised query: a
+        static role may only manage an account that is already there (as in Vault)."""
+        ...
+
     async def set_password(self, request: SetPasswordRequest) -> None:
         """Run the statements (or the engine's default) to change an account's password;
-        ``StatementError`` if they fail."""
+        ``StatementError`` if they fail. The default quotes the name in code; statements
+        given get their values through ``render_sql``, which refuses quote characters."""
 
     async def verify_connection(self) -> None:
         """Connect and run a trivial query; raise ``TargetUnavailable`` saying why not."""
@@ -88,17 +94,27 @@ class DatabaseEngine(Protocol):
         """Move the user's database-side expiry, if the database has one."""
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
-        """Remove the login and everything it can do.
+        """Remove the login and everything it can do, and end its sessions.
 
-        Idempotent: succeeds if the user does not exist. Best effort across steps: access
-        is removed first, and a failing step does not stop the later ones; the error is
-        raised at the end if the user still exists.
+        Succeeds only when the user is gone and none of its sessions remain: a session the
+        admin may not end (or cannot see) is a ``TargetError`` naming the cause and the
+        grant that fixes it, so the lease keeps failing and is retried instead of being
+        marked revoked while the session lives on. Idempotent: succeeds if the user does
+        not exist (and, where the database still names them, none of its sessions do).
+        Best effort across steps: access is removed first, and a failing step does not
+        stop the later ones.
         """
 
     async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
         """``revoke_user`` for many users at once where the database allows; returns one
         error message (None: revoked) per request, in order. Raises only when nothing
         could be attempted (the target cannot be reached)."""
+        ...
+
+    async def check_admin(self, creation_statements: Sequence[str] = ()) -> list[str]:
+        """One warning per privilege the connection's admin lacks for issuing and revoking
+        (``creation_statements``: those of the roles on the connection), each naming the
+        statement that grants it; nothing when it can do everything."""
         ...
 
     async def list_users(self, prefix: str) -> list[str]:

@@ -2,8 +2,10 @@
 
 Account statements in MySQL commit implicitly, so creation cannot be one transaction:
 on failure the rollback statements (or a drop at every host) undo what ran.
-Statements are sent without parameters (aiomysql would otherwise %-format them), which is
-safe because every value comes from the broker's own safe alphabets.
+Template statements are sent without parameters (aiomysql would otherwise %-format them):
+``render_sql`` refuses any value holding a quote, a backslash or a control character, and
+the broker's own statements pass user and host names as parameters (pymysql escapes them
+for the server's SQL mode) or, for identifiers, through ``quote_ident``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +40,7 @@ from broker.exceptions import (
     TargetUnreachable,
 )
 from broker.redaction import redact
-from broker.templates import expand_statements, render
+from broker.templates import expand_statements, render, render_sql
 
 DEFAULT_CREATION = ("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",)
 
@@ -48,6 +51,10 @@ _GO_DSN = re.compile(
 )
 # Errors that mean the server is unreachable or refused us, as opposed to a bad statement.
 _CONNECT_ERROR_CODES = {1040, 1045, 1049, 1129, 1130, 2002, 2003, 2005, 2006, 2013}
+#: KILL of a thread that no longer exists (ended by itself meanwhile).
+_UNKNOWN_THREAD = 1094
+#: How long revocation waits for killed sessions to leave the process list.
+_SESSION_EXIT_WAIT = 5.0
 
 
 def parse_connection_url(template: str) -> dict[str, str]:
@@ -108,6 +115,15 @@ def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
     return args
 
 
+def quote_ident(name: str) -> str:
+    """``name`` as a MySQL identifier: backquoted, a backquote in it doubled; NUL refused (MySQL
+    does not allow it in identifiers). Account names are not identifiers: they go as
+    parameters (``%s@%s``)."""
+    if "\x00" in name:
+        raise InvalidRequest("a name may not contain a NUL character")
+    return "`" + name.replace("`", "``") + "`"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError):
         return True
@@ -134,6 +150,7 @@ class MySQLEngine:
                 "database in connection_url"
             )
         self._is_mariadb: bool | None = None
+        self._sees_sessions = False
         self._pool: aiomysql.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self.username_limit = username_limit
@@ -185,7 +202,7 @@ class MySQLEngine:
 
     async def _run(self, cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
         for statement in statements:
-            await cur.execute(render(statement, values))
+            await cur.execute(render_sql(statement, values))
 
     async def verify_connection(self) -> None:
         async with self._cursor() as cur:
@@ -202,7 +219,7 @@ class MySQLEngine:
     # -- the expiry event -----------------------------------------------------------------
 
     def _event_name(self, username: str) -> str:
-        return f"`{self._event_schema.replace('`', '``')}`.`brk_exp_{username.replace('`', '``')}`"
+        return f"{quote_ident(self._event_schema)}.{quote_ident('brk_exp_' + username)}"
 
     @staticmethod
     def _event_time(moment: dt.datetime) -> str:
@@ -298,6 +315,17 @@ class MySQLEngine:
                 "renew statements failed: " + redact(str(exc), self._config.secrets)
             ) from exc
 
+    async def user_exists(self, username: str) -> bool:
+        """A parameterised look-up of the name at any host."""
+        try:
+            async with self._cursor() as cur:
+                await cur.execute("SELECT 1 FROM mysql.user WHERE User = %s LIMIT 1", (username,))
+                return await cur.fetchone() is not None
+        except pymysql.err.MySQLError as exc:
+            raise TargetError(
+                "looking up the user failed: " + redact(str(exc), self._config.secrets)
+            ) from exc
+
     async def set_password(self, request: SetPasswordRequest) -> None:
         """Without statements: the account at every host it exists for (Vault's default
         names only '%', which misses 'root'@'localhost' and the like)."""
@@ -329,6 +357,24 @@ class MySQLEngine:
             ) from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
+        """Lock every account of that name, end its sessions, run the statements, drop.
+
+        Successful only when no account of that name is left and none of its sessions
+        remain. A ``KILL`` refused is reported, not swallowed; a dropped user's sessions
+        still carry its name in the process list, so the retry finds them. Seeing other
+        users' sessions needs ``PROCESS``: without it nothing can be verified, and the
+        revocation says so instead of claiming success.
+        """
+        name = request.username
+        try:
+            await self._revoke(request)
+        except pymysql.err.MySQLError as exc:
+            # A look-up the admin may not make (SELECT on mysql.user, the process list).
+            raise TargetError(
+                f"revoking {name} failed: " + redact(str(exc), self._config.secrets)
+            ) from exc
+
+    async def _revoke(self, request: RevokeUserRequest) -> None:
         name = request.username
         errors: list[str] = []
         async with self._cursor() as cur:
@@ -336,25 +382,13 @@ class MySQLEngine:
                 await cur.execute(f"DROP EVENT IF EXISTS {self._event_name(name)}")
             await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (name,))
             hosts = [row[0] for row in await cur.fetchall()]
-            if not hosts:
-                return
-            # Lock every account of that name, then end its sessions, then drop.
             for host in hosts:
                 try:
                     await cur.execute("ALTER USER %s@%s ACCOUNT LOCK", (name, host))
                 except pymysql.err.MySQLError as exc:
                     errors.append(str(exc))
-            try:
-                await cur.execute(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (name,)
-                )
-                for (thread_id,) in await cur.fetchall():
-                    # The session may have ended by itself meanwhile.
-                    with contextlib.suppress(pymysql.err.MySQLError):
-                        await cur.execute("KILL %s", (int(thread_id),))
-            except pymysql.err.MySQLError as exc:
-                errors.append(str(exc))
-            if request.revocation_statements:
+            kill_error = await self._kill_sessions(cur, name)
+            if hosts and request.revocation_statements:
                 try:
                     await self._run(
                         cur,
@@ -370,11 +404,144 @@ class MySQLEngine:
                     errors.append(str(exc))
             await cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (name,))
             row = await cur.fetchone()
-            if row and row[0] == 0:
-                return
+            user_gone = bool(row and row[0] == 0)
+            if user_gone:
+                remaining = await self._remaining_sessions(cur, name, wait=not kill_error)
+                if remaining == 0 and await self._sees_all_sessions(cur):
+                    return
+                me = await self._account(cur)
+                if remaining:
+                    errors.append(
+                        f"{remaining} session(s) of {name} remain: "
+                        + (
+                            f"KILL was refused ({kill_error}): "
+                            + await self._kill_grant_hint(cur, me)
+                            if kill_error
+                            else "they were killed but did not end"
+                        )
+                    )
+                else:
+                    errors.append(
+                        f"cannot tell whether sessions of {name} remain: the admin lacks "
+                        f"PROCESS, without which other users' sessions are invisible "
+                        f"(GRANT PROCESS ON *.* TO {me})"
+                    )
         raise TargetError(
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._config.secrets)
         )
+
+    async def _kill_sessions(self, cur: Any, name: str) -> str:
+        """KILL every session of ``name``; the first refusal's message ('' if none). A
+        session that ended by itself meanwhile (unknown thread id) is no refusal."""
+        await cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s "
+            "AND ID <> CONNECTION_ID()",
+            (name,),
+        )
+        refused = ""
+        for (thread_id,) in await cur.fetchall():
+            try:
+                await cur.execute("KILL CONNECTION %s", (int(thread_id),))
+            except pymysql.err.MySQLError as exc:
+                if _is_connect_error(exc):
+                    raise
+                if exc.args and exc.args[0] == _UNKNOWN_THREAD:
+                    continue
+                refused = refused or str(exc)
+        return refused
+
+    async def _remaining_sessions(self, cur: Any, name: str, *, wait: bool) -> int:
+        """Sessions of ``name`` still listed; killed ones take a moment to go, so with
+        ``wait`` this polls for a few seconds."""
+        deadline = time.monotonic() + (_SESSION_EXIT_WAIT if wait else 0)
+        while True:
+            await cur.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s "
+                "AND ID <> CONNECTION_ID()",
+                (name,),
+            )
+            row = await cur.fetchone()
+            remaining = int(row[0]) if row else 0
+            if not remaining or time.monotonic() >= deadline:
+                return remaining
+            await asyncio.sleep(0.05)
+
+    async def _global_privileges(self, cur: Any) -> set[str]:
+        """The admin account's own global privileges (a user sees only its own rows)."""
+        await cur.execute(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = "
+            "CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', "
+            "SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')"
+        )
+        return {str(row[0]).upper() for row in await cur.fetchall()}
+
+    async def _sees_all_sessions(self, cur: Any) -> bool:
+        """Whether the admin sees every user's sessions (PROCESS); remembered once true."""
+        if not self._sees_sessions:
+            self._sees_sessions = "PROCESS" in await self._global_privileges(cur)
+        return self._sees_sessions
+
+    async def _account(self, cur: Any) -> str:
+        """The admin's account as a GRANT names it: 'user'@'host'."""
+        await cur.execute("SELECT CURRENT_USER()")
+        row = await cur.fetchone()
+        user, _, host = str(row[0] if row else "").rpartition("@")
+        return f"'{user}'@'{host}'"
+
+    async def _mariadb(self, cur: Any) -> bool:
+        if self._is_mariadb is None:
+            await cur.execute("SELECT VERSION()")
+            row = await cur.fetchone()
+            self._is_mariadb = bool(row and "mariadb" in str(row[0]).lower())
+        return self._is_mariadb
+
+    async def _kill_grant_hint(self, cur: Any, me: str) -> str:
+        if await self._mariadb(cur):
+            return (
+                "ending other users' sessions needs CONNECTION ADMIN on MariaDB 10.5+ "
+                f"(SUPER before): GRANT CONNECTION ADMIN ON *.* TO {me}"
+            )
+        return (
+            "ending other users' sessions needs CONNECTION_ADMIN (or SUPER): "
+            f"GRANT CONNECTION_ADMIN ON *.* TO {me}"
+        )
+
+    async def check_admin(self, creation_statements: Sequence[str] = ()) -> list[str]:
+        """CREATE USER to issue; PROCESS to see other users' sessions and CONNECTION ADMIN
+        (MariaDB 10.5+) / CONNECTION_ADMIN (MySQL 8) or SUPER to end them, which revoking
+        needs. Privileges the creation statements grant need the admin to hold them WITH
+        GRANT OPTION; the server checks that when they run."""
+        async with self._cursor() as cur:
+            privileges = await self._global_privileges(cur)
+            me = await self._account(cur)
+            mariadb = await self._mariadb(cur)
+        warnings: list[str] = []
+        try:
+            async with self._cursor() as cur:
+                await cur.execute("SELECT 1 FROM mysql.user LIMIT 1")
+        except pymysql.err.MySQLError:
+            warnings.append(
+                f"the admin {me} cannot read mysql.user, where revocation finds every host "
+                f"of a user: GRANT SELECT ON mysql.user TO {me}"
+            )
+        if "CREATE USER" not in privileges:
+            warnings.append(
+                f"the admin {me} cannot create users, so no credential can be issued: "
+                f"GRANT CREATE USER ON *.* TO {me}"
+            )
+        if "PROCESS" not in privileges:
+            warnings.append(
+                f"the admin {me} cannot see other users' sessions, so no revocation can be "
+                f"confirmed (they stay failing): GRANT PROCESS ON *.* TO {me}"
+            )
+        kill = "CONNECTION ADMIN" if mariadb else "CONNECTION_ADMIN"
+        if kill not in privileges and "SUPER" not in privileges:
+            warnings.append(
+                f"the admin {me} cannot end other users' sessions: a lease whose user still "
+                f"has a session open cannot be revoked (it stays failing): "
+                f"GRANT {kill} ON *.* TO {me}"
+            )
+        return warnings
 
     async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
         """One by one: MySQL account statements are serialised inside the server anyway,

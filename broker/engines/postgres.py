@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -30,12 +31,11 @@ from broker.exceptions import (
     TargetUnreachable,
 )
 from broker.redaction import redact
-from broker.templates import expand_statements, render
+from broker.templates import expand_statements, render, render_sql
 
 DEFAULT_CREATION = (
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
 )
-DEFAULT_SET_PASSWORD = ("ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'",)
 DEFAULT_RENEW = ("ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'",)
 
 # Statements that rewrite an object's ACL or ownership. PostgreSQL updates the object's
@@ -47,11 +47,16 @@ _ACL_STATEMENT = re.compile(
     re.IGNORECASE,
 )
 _ACL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('broker.acl'))"
-# Sessions whose role no longer exists (usesysid set, name gone): logins that slipped in
-# while their role was being dropped.
-_TERMINATE_ORPHANED_SESSIONS = (
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-    "WHERE backend_type = 'client backend' AND usesysid IS NOT NULL AND usename IS NULL"
+# How long revocation waits for terminated sessions to end: pg_terminate_backend only
+# signals; PostgreSQL 13 has no variant that waits.
+_SESSION_EXIT_WAIT = 5.0
+_COUNT_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE usesysid = ANY($1::oid[]) "
+    "AND pid <> pg_backend_pid()"
+)
+_TERMINATE_SESSIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = ANY($1::oid[]) "
+    "AND pid <> pg_backend_pid()"
 )
 _RETRIES = 8
 
@@ -68,11 +73,23 @@ _CONNECT_ERRORS = (
 
 
 def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL identifier, as the server's ``quote_ident`` writes it
+    (always quoted): ``"`` doubled. NUL ends a string in the server, so it is refused."""
+    if "\x00" in name:
+        raise InvalidRequest("a name may not contain a NUL character")
     return '"' + name.replace('"', '""') + '"'
 
 
 def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """``value`` as a string literal, as the server's ``quote_literal`` writes it: ``'``
+    doubled, and with a backslash the ``E''`` form with backslashes doubled, so the result
+    means the same whatever ``standard_conforming_strings`` is. NUL is refused."""
+    if "\x00" in value:
+        raise InvalidRequest("a value may not contain a NUL character")
+    quoted = "'" + value.replace("'", "''") + "'"
+    if "\\" in value:
+        return "E" + quoted.replace("\\", "\\\\")
+    return quoted
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -97,6 +114,30 @@ async def _with_retries(action: Callable[[], Awaitable[object]]) -> None:
             if not _is_retryable(exc) or attempt == _RETRIES - 1:
                 raise
             await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+
+
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+# GRANT of roles (no ON clause): GRANT a, "b" TO ...
+_GRANT_ROLES = re.compile(rf"\bGRANT\s+({_NAME}(?:\s*,\s*{_NAME})*)\s+TO\b", re.IGNORECASE)
+
+
+def granted_roles(statements: Sequence[str]) -> list[str]:
+    """The roles that ``GRANT role TO ...`` statements grant (the membership kind, without
+    ON), for ``check_admin``: names as the server stores them (unquoted ones folded)."""
+    found: list[str] = []
+    for statement in statements:
+        for match in _GRANT_ROLES.finditer(statement):
+            for part in re.findall(_NAME, match.group(1)):
+                quoted = part.startswith('"')
+                name = part[1:-1].replace('""', '"') if quoted else part.lower()
+                if name.upper() not in ("ALL", "SELECT", "USAGE") and name not in found:
+                    found.append(name)
+    return found
+
+
+def _sessions_remain(name: str, remaining: int, why: str) -> str:
+    """The reason a revocation is not complete, naming the cause and its fix."""
+    return f"{remaining} session(s) of {name} remain: {why}"
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -260,7 +301,7 @@ class PostgresEngine:
         for statement in statements:
             if _ACL_LOCK not in parts and _ACL_STATEMENT.search(statement):
                 parts.append(_ACL_LOCK)
-            parts.append(render(statement, values))
+            parts.append(render_sql(statement, values))
         script = ";\n".join(parts)
         await _with_retries(lambda: conn.execute(script))
 
@@ -325,13 +366,36 @@ class PostgresEngine:
                     "renew statements failed: " + redact(str(exc), self._secrets())
                 ) from exc
 
+    async def user_exists(self, username: str) -> bool:
+        """A parameterised look-up. A name longer than 63 bytes does not exist: PostgreSQL
+        would cut it, in the query and in any statement, to another role's name."""
+        if len(username.encode()) > self.username_limit or "\x00" in username:
+            return False
+        async with self._connection() as conn:
+            try:
+                found = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", username)
+            except asyncpg.PostgresError as exc:
+                raise TargetError(
+                    "looking up the role failed: " + redact(str(exc), self._secrets())
+                ) from exc
+        return found is not None
+
     async def set_password(self, request: SetPasswordRequest) -> None:
-        statements = expand_statements(request.statements or DEFAULT_SET_PASSWORD)
+        """The role's own statements, with values checked by ``render_sql``; without any,
+        one ALTER ROLE with the name and password quoted in code (no template)."""
         values = {
             "name": request.username,
             "username": request.username,
             "password": request.password,
         }
+        if request.statements:
+            statements = expand_statements(request.statements)
+        else:
+            statements = [
+                f"ALTER ROLE {quote_ident(request.username)} "
+                f"WITH PASSWORD {quote_literal(request.password)}"
+            ]
+            values = {}
         async with self._connection() as conn:
             try:
                 await self._run_in_transaction(conn, statements, values)
@@ -344,22 +408,31 @@ class PostgresEngine:
                 raise StatementError(f"rotation statements failed: {message}") from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
+        """Successful only when the role is gone and none of its sessions remain.
+
+        A role whose sessions cannot be ended (the admin lacks ``pg_signal_backend``) is
+        kept, without login and without its group memberships, and the error says why: a
+        dropped role's sessions live on with no name left to find them by, so the retry
+        needs the role. A role that does not exist is already revoked.
+        """
         name = request.username
         ident = quote_ident(name)
         errors: list[str] = []
         async with self._connection() as conn:
-            # Access goes first, in one round trip (simple query protocol): no new logins,
-            # then no open sessions. A role that does not exist is already revoked.
+            oid = await conn.fetchval("SELECT oid FROM pg_roles WHERE rolname = $1", name)
+            if oid is None:
+                return
+            # Access goes first: no new logins, then no open sessions.
             try:
-                await conn.execute(
-                    f"ALTER ROLE {ident} NOLOGIN; "
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    f"WHERE usename = {quote_literal(name)} AND pid <> pg_backend_pid()"
-                )
+                await conn.execute(f"ALTER ROLE {ident} NOLOGIN")
             except asyncpg.UndefinedObjectError:
                 return
             except asyncpg.PostgresError as exc:
                 errors.append(str(exc))
+            remaining, why = await self._end_sessions(conn, [oid])
+            if remaining:
+                await self._strip_memberships(conn, oid, ident)
+                raise TargetError(_sessions_remain(name, remaining, why))
             if request.revocation_statements:
                 try:
                     await self._run_in_transaction(
@@ -375,8 +448,7 @@ class PostgresEngine:
             for attempt in range(_RETRIES):
                 try:
                     await conn.execute(f"DROP ROLE IF EXISTS {ident}")
-                    await conn.execute(_TERMINATE_ORPHANED_SESSIONS)
-                    return
+                    break
                 except asyncpg.DependentObjectsStillExistError as exc:
                     if attempt >= 2:
                         errors.append(str(exc))
@@ -392,27 +464,68 @@ class PostgresEngine:
                         break
                     await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
             if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name) is None:
-                return
+                # A login that slipped in while the role was being dropped.
+                remaining, why = await self._end_sessions(conn, [oid])
+                if not remaining:
+                    return
+                errors.append(_sessions_remain(name, remaining, why))
         raise TargetError(
             f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._secrets())
         )
+
+    async def _end_sessions(self, conn: asyncpg.Connection, oids: list[int]) -> tuple[int, str]:
+        """Terminate the sessions of the roles ``oids`` and wait (briefly) for them to end;
+        returns how many remain and, when some do, why. By OID, so the sessions of a role
+        dropped meanwhile are still found (``pg_stat_activity`` shows every session's
+        ``usesysid``, to any role)."""
+        why = ""
+        try:
+            await conn.fetch(_TERMINATE_SESSIONS, oids)
+        except asyncpg.InsufficientPrivilegeError:
+            me = await conn.fetchval("SELECT current_user")
+            why = (
+                "the admin lacks pg_signal_backend, which ending another role's sessions "
+                f"needs (GRANT pg_signal_backend TO {quote_ident(str(me))})"
+            )
+        except asyncpg.PostgresError as exc:
+            why = "pg_terminate_backend failed: " + redact(str(exc), self._secrets())
+        deadline = time.monotonic() + (0 if why else _SESSION_EXIT_WAIT)
+        while True:
+            remaining = int(await conn.fetchval(_COUNT_SESSIONS, oids))
+            if not remaining or time.monotonic() >= deadline:
+                return remaining, why or "they were signalled but did not end"
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _strip_memberships(conn: asyncpg.Connection, oid: int, ident: str) -> None:
+        """Best effort for a role that must stay (its sessions live on): revoke the group
+        roles it was granted, which takes their privileges from those sessions too."""
+        rows = await conn.fetch(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "WHERE m.member = $1",
+            oid,
+        )
+        for row in rows:
+            with contextlib.suppress(asyncpg.PostgresError):
+                await conn.execute(f"REVOKE {quote_ident(row['rolname'])} FROM {ident}")
 
     async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
         """Revoke many users; one error message (or None) per request.
 
         Users with their own revocation statements go one by one. The rest, the common
-        case, are dropped together in one implicit transaction: end their sessions and
-        ``DROP ROLE a, b, ...``; then, after the commit, end any session whose role is gone
-        (one that logged in between the two steps: inside one transaction a NOLOGIN would
-        not have stopped it either). If any of them owns something, the batch rolls back as
-        a whole and each goes through ``revoke_user``, which cleans up first.
+        case, are dropped together in one implicit transaction when none of them has a
+        session open: end any session that opened meanwhile and ``DROP ROLE a, b, ...``;
+        then, after the commit, make sure no session of theirs remains. If one has a
+        session, or owns something, or the admin may not end a session, each goes through
+        ``revoke_user``, which deals with it (or says why it cannot).
         """
         results: dict[int, str | None] = {}
         simple = [i for i, r in enumerate(requests) if not r.revocation_statements]
         if simple:
             names = [requests[i].username for i in simple]
-            if await self._drop_roles_together(names):
-                results.update(dict.fromkeys(simple))
+            together = await self._drop_roles_together(names)
+            if together is not None:
+                results.update(zip(simple, together, strict=True))
         for i, request in enumerate(requests):
             if i in results:
                 continue
@@ -423,26 +536,56 @@ class PostgresEngine:
                 results[i] = exc.message
         return [results[i] for i in range(len(requests))]
 
-    async def _drop_roles_together(self, names: Sequence[str]) -> bool:
-        idents = ", ".join(quote_ident(n) for n in names)
-        literals = ", ".join(quote_literal(n) for n in names)
-        script = (
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE usename IN ({literals}) AND pid <> pg_backend_pid(); "
-            f"DROP ROLE IF EXISTS {idents}"
-        )
+    async def _drop_roles_together(self, names: Sequence[str]) -> list[str | None] | None:
+        """One outcome per name, or None when they must go one by one."""
         async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT oid, rolname FROM pg_roles WHERE rolname = ANY($1::text[])", list(names)
+            )
+            oids = {row["rolname"]: int(row["oid"]) for row in rows}
+            if not oids:
+                return [None] * len(names)
+            if await conn.fetchval(_COUNT_SESSIONS, list(oids.values())):
+                return None
+            idents = ", ".join(quote_ident(n) for n in names)
+            literals = ", ".join(quote_literal(n) for n in names)
+            script = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE usename IN ({literals}) AND pid <> pg_backend_pid(); "
+                f"DROP ROLE IF EXISTS {idents}"
+            )
             try:
                 await _with_retries(lambda: conn.execute(script))
             except asyncpg.PostgresError:
-                return False  # e.g. a role owns objects: one by one instead
-            await conn.execute(_TERMINATE_ORPHANED_SESSIONS)
-        return True
+                return None  # e.g. a role owns objects: one by one instead
+            remaining, why = await self._end_sessions(conn, list(oids.values()))
+            if not remaining:
+                return [None] * len(names)
+            rows = await conn.fetch(
+                "SELECT usesysid, count(*) AS n FROM pg_stat_activity "
+                "WHERE usesysid = ANY($1::oid[]) GROUP BY 1",
+                list(oids.values()),
+            )
+            counts = {int(row["usesysid"]): int(row["n"]) for row in rows}
+        outcomes: list[str | None] = []
+        for name in names:
+            left = counts.get(oids.get(name, -1), 0)
+            outcomes.append(
+                f"{left} session(s) of {name} remain after its role was dropped: {why}"
+                if left
+                else None
+            )
+        return outcomes
 
     async def _drop_dependencies(self, conn: asyncpg.Connection, name: str) -> None:
         """REASSIGN OWNED and DROP OWNED in each database where the role owns or holds
         something: both only act on the current database, and Vault's default stops at the
-        first object owned elsewhere."""
+        first object owned elsewhere (hashicorp/vault#1535, #1857).
+
+        Both need the privileges of the role. A superuser has them; a ``CREATEROLE`` admin
+        grants itself the role first (allowed on PostgreSQL 15 for any role it may manage,
+        and on 16 through the ADMIN OPTION it holds on the roles it created); the grant
+        goes with the role."""
         rows = await conn.fetch(
             """
             SELECT DISTINCT d.datname, d.datname = current_database() AS is_current
@@ -456,6 +599,10 @@ class PostgresEngine:
         if not rows:
             return
         ident = quote_ident(name)
+        if not await conn.fetchval("SELECT pg_has_role(current_user, $1::name, 'USAGE')", name):
+            version = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+            inherit = " WITH INHERIT TRUE" if version >= 160000 else ""
+            await conn.execute(f"GRANT {ident} TO CURRENT_USER{inherit}")
         cleanup = [f"REASSIGN OWNED BY {ident} TO CURRENT_USER", f"DROP OWNED BY {ident}"]
         others = sorted({r["datname"] for r in rows if r["datname"] and not r["is_current"]})
         # dbid 0 (shared objects such as database privileges) is cleaned from any database.
@@ -465,11 +612,77 @@ class PostgresEngine:
             try:
                 other = await asyncpg.connect(**args)
             except _CONNECT_ERRORS as exc:
-                raise TargetError(f"cannot connect to database {database}: {exc}") from exc
+                raise TargetError(
+                    f"cannot connect to database {database} to remove what {name} holds "
+                    f"there (GRANT CONNECT ON DATABASE {quote_ident(database)} to the admin): "
+                    + redact(str(exc), self._secrets())
+                ) from exc
             try:
                 await self._run_in_transaction(other, cleanup, {})
             finally:
                 await other.close()
+
+    async def check_admin(self, creation_statements: Sequence[str] = ()) -> list[str]:
+        """What the admin cannot do of what issuing and revoking need, one warning per
+        missing privilege with the statement that grants it: create roles, grant the group
+        roles ``creation_statements`` grant (PostgreSQL 16 wants ADMIN OPTION on them),
+        end other roles' sessions, and connect to every database to clean up there."""
+        groups = granted_roles(creation_statements)
+        async with self._connection() as conn:
+            me_row = await conn.fetchrow(
+                "SELECT current_user AS me, rolsuper, rolcreaterole, "
+                "pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal, "
+                "current_setting('server_version_num')::int AS version "
+                "FROM pg_roles WHERE rolname = current_user"
+            )
+            if me_row is None:
+                return []
+            me = quote_ident(str(me_row["me"]))
+            if me_row["rolsuper"]:
+                return []
+            warnings: list[str] = []
+            if not me_row["rolcreaterole"]:
+                warnings.append(
+                    f"the admin {me} cannot create roles, so no credential can be issued: "
+                    f"ALTER ROLE {me} CREATEROLE"
+                )
+            if not me_row["can_signal"]:
+                warnings.append(
+                    f"the admin {me} cannot end other roles' sessions: a lease whose user "
+                    "still has a session open cannot be revoked (it stays failing): "
+                    f"GRANT pg_signal_backend TO {me}"
+                )
+            rows = await conn.fetch(
+                "SELECT g.name, r.rolsuper, "
+                "r.oid IS NOT NULL AND pg_has_role(current_user, r.oid, "
+                "'MEMBER WITH ADMIN OPTION') AS admin_option "
+                "FROM unnest($1::text[]) AS g(name) LEFT JOIN pg_roles r ON r.rolname = g.name",
+                groups,
+            )
+            for row in rows:
+                group = quote_ident(str(row["name"]))
+                if row["rolsuper"] is None:
+                    warnings.append(f"creation statements grant role {group}, which does not exist")
+                elif row["admin_option"]:
+                    continue
+                elif row["rolsuper"] or me_row["version"] >= 160000:
+                    warnings.append(
+                        f"the admin {me} cannot grant {group} to the users it creates: "
+                        f"GRANT {group} TO {me} WITH ADMIN OPTION"
+                    )
+            databases = await conn.fetch(
+                "SELECT datname FROM pg_database "
+                "WHERE datallowconn AND NOT has_database_privilege(datname, 'CONNECT') "
+                "ORDER BY 1"
+            )
+            for row in databases:
+                database = quote_ident(str(row["datname"]))
+                warnings.append(
+                    f"the admin {me} cannot connect to database {database}, so it cannot "
+                    "remove what a user owns or was granted there when revoking it: "
+                    f"GRANT CONNECT ON DATABASE {database} TO {me}"
+                )
+        return warnings
 
     def pool_stats(self) -> dict[str, int]:
         pool = self._pool

@@ -35,6 +35,8 @@ TTL = 3
 SWEEP_INTERVAL = 0.5
 CLAIM_TIMEOUT = 3.0
 CREATION_TIMEOUT = 3.0
+#: Per user (revoked one by one, 50 to an engine batch): a batch of 50 takes ~2.5 s.
+SLOW_REVOCATION = 'SELECT pg_sleep(0.05); DROP ROLE IF EXISTS "{{name}}";'
 #: After the load stops: every lease has expired, every claim of a killed node timed out,
 #: every stuck creation was taken over, and one more sweep ran.
 SETTLE = TTL + CLAIM_TIMEOUT + CREATION_TIMEOUT + 3
@@ -90,8 +92,10 @@ class Load:
 class World:
     """Clusters and nodes for one scenario; ``close()`` removes everything."""
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, env: dict[str, str] | None = None) -> None:
+        """``env``: settings of this scenario over the suite's (BROKER_* variables)."""
         self.tag = secrets.token_hex(3)
+        self.env = env or {}
         self.prefix = f"cx{self.tag}_"
         self.storage = EmbeddedPostgres(fsync=True)
         self.target = EmbeddedPostgres(fsync=True)
@@ -114,6 +118,7 @@ class World:
             "BROKER_SEAL_TYPE": "env",
             "BROKER_SEAL_KEY": secrets.token_hex(32),
             "BROKER_AUTO_INIT": "true",
+            **self.env,
         }
         for i in range(self.node_count):
             port = free_port()
@@ -158,6 +163,14 @@ class World:
                 },
             ),
             ("database/roles/pg", {"db_name": "pg", "default_ttl": TTL}),
+            (
+                "database/roles/slow",
+                {
+                    "db_name": "pg",
+                    "default_ttl": TTL,
+                    "revocation_statements": SLOW_REVOCATION,
+                },
+            ),
             (
                 "database/roles/my",
                 {
@@ -413,3 +426,91 @@ async def _wait_drained(world: World, within: float) -> float | None:
                 return time.monotonic()
         await asyncio.sleep(0.2)
     return None
+
+
+async def dead_claimer(leases: int = 300, seed: int = 4) -> dict[str, Any]:
+    """Scenario 4: two nodes, ``leases`` leases of a role whose revocation is slowed by a
+    ``pg_sleep``, expiring together; once all are claimed, the node holding the most
+    unfinished claims is SIGKILLed while revoking them. Figure: seconds from the kill
+    until the last of those users is gone. The claim timeout is the default 60 s and the
+    sweep interval 1 s, so anything near a minute means the dead node's claims waited out
+    their timeout."""
+    rng = random.Random(seed)
+    world = World(
+        nodes=2,
+        env={"BROKER_CLAIM_TIMEOUT": "60", "BROKER_SWEEP_INTERVAL": "1"},
+    )
+    await world.open()
+    names: list[str] = []
+    try:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(headers={"X-Vault-Token": TOKEN}, timeout=timeout) as s:
+            semaphore = asyncio.Semaphore(16)
+
+            async def issue() -> str:
+                async with (
+                    semaphore,
+                    s.get(f"{rng.choice(world.nodes).address}/v1/database/creds/slow") as resp,
+                ):
+                    body = await resp.json()
+                    if resp.status != 200:
+                        raise RuntimeError(f"issuance: {resp.status} {body}")
+                    return str(body["data"]["username"])
+
+            names = list(await asyncio.gather(*(issue() for _ in range(leases))))
+        storage = await asyncpg.connect(world.storage.dsn())
+        target = await asyncpg.connect(world.target.dsn())
+        try:
+            victim_id, claims = await _busiest_claimer(storage, within=TTL + 15)
+            await asyncio.sleep(0.5)  # into its batch: some users dropped, most waiting
+            victim = next(n for n in world.nodes if n.env["BROKER_NODE_ID"] == victim_id)
+            victim.kill()
+            killed_at = time.monotonic()
+            query = "SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)"
+            left_at_kill = left = int(await target.fetchval(query, names))
+            while left and time.monotonic() - killed_at < 120:
+                await asyncio.sleep(0.1)
+                left = int(await target.fetchval(query, names))
+            gone_after = time.monotonic() - killed_at
+        finally:
+            await storage.close()
+            await target.close()
+        await _wait_drained(world, within=30)
+        figures = await world.figures()
+    finally:
+        codes = await world.close()
+    return {
+        "scenario": "node killed mid-sweep",
+        "seed": seed,
+        "leases": leases,
+        "victim_claims_at_kill": claims,
+        "users_left_at_kill": left_at_kill,
+        "users_left_at_end": left,
+        "all_gone_seconds_after_kill": round(gone_after, 2),
+        "unexpected": [],
+        **{k: v for k, v in figures.items() if k != "leases"},
+        "exit_codes": {k: v for k, v in codes.items() if k != f"node-{victim_id[-1]}"},
+    }
+
+
+async def _busiest_claimer(storage: asyncpg.Connection, within: float) -> tuple[str, int]:
+    """The node id holding the most unfinished revocation claims, once every unrevoked
+    lease is claimed (the whole backlog is in the nodes' hands)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        unclaimed = await storage.fetchval(
+            "SELECT count(*) FROM broker_leases WHERE revoked_at IS NULL AND claimed_by IS NULL"
+        )
+        if unclaimed:
+            await asyncio.sleep(0.02)
+            continue
+        row = await storage.fetchrow(
+            "SELECT n.node_id, count(*) AS claims FROM broker_leases l "
+            "JOIN broker_nodes n ON n.instance_id = l.claimed_by "
+            "WHERE l.state = 'revoking' AND l.revoked_at IS NULL "
+            "GROUP BY n.node_id ORDER BY claims DESC LIMIT 1"
+        )
+        if row is not None:
+            return str(row["node_id"]), int(row["claims"])
+        await asyncio.sleep(0.02)
+    raise RuntimeError("no node claimed a revocation")

@@ -34,3 +34,21 @@ async def test_storage_restart() -> None:
     figures = await harness.storage_restart(seconds=9, outage=3)
     _check(figures)
     assert figures["refused_503"] > 0
+
+
+async def test_dead_claimer_taken_over() -> None:
+    """A node SIGKILLed while revoking its claimed batch: the survivor finishes the batch
+    within seconds, not after the 60 s claim timeout."""
+    figures = await harness.dead_claimer(leases=100)
+    _check_takeover(figures)
+
+
+def _check_takeover(figures: dict[str, Any]) -> None:
+    print(json.dumps(figures, indent=2, default=str))
+    assert figures["victim_claims_at_kill"] > 0, figures
+    assert figures["users_left_at_kill"] > 0, figures
+    assert figures["users_left_at_end"] == 0, figures
+    assert figures["all_gone_seconds_after_kill"] < 10, figures
+    assert figures["orphans"] == 0, figures
+    assert figures["late_revocations"] == 0, figures
+    assert all(code == 0 for code in figures["exit_codes"].values()), figures

@@ -95,6 +95,7 @@ async def test_statement_failing_on_database(broker: RunningBroker, pg_target: P
     finally:
         await conn.close()
     assert [s["state"] for s in states] == ["failed"]
+    assert (await broker.http.delete("database/roles/brkt-pg-bad")).status == 204
 
 
 async def test_mysql_statement_failing_rolls_back(broker: RunningBroker) -> None:

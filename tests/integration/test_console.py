@@ -95,7 +95,7 @@ async def test_console_login_list_and_revoke(
         return not await pg_logs_in(pg_target.server.port, user, password)
 
     await eventually(gone, within=10)
-    lookup = await broker.http.write("sys/leases/lookup", {"lease_id": lease_id})
+    lookup = await broker.http.read(f"sys/leases/history/{lease_id}")
     assert lookup.data["revoke_time"] is not None
 
     # Prefix revocation through the form (with its confirmation).

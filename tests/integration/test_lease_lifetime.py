@@ -55,7 +55,7 @@ async def test_two_second_leases_are_revoked_by_the_scheduler(
         )
 
     await eventually(both_gone, within=15)
-    lookup = await http.write("sys/leases/lookup", {"lease_id": my.body["lease_id"]})
+    lookup = await http.read(f"sys/leases/history/{my.body['lease_id']}")
     assert lookup.data["state"] in ("revoked", "revoking")  # 'revoking' = awaiting re-check
 
 

@@ -102,7 +102,7 @@ async def test_target_outage_503_then_backlog_drains(
         await asyncio.to_thread(flaky_pg.resume)
 
     async def revoked() -> bool:
-        look = await http.write("sys/leases/lookup", {"lease_id": issued.body["lease_id"]})
+        look = await http.read(f"sys/leases/history/{issued.body['lease_id']}")
         return bool(look.data["state"] == "revoked")
 
     await eventually(revoked, within=30)

@@ -20,7 +20,7 @@ from broker.api.app import start_server
 from broker.embedded import free_port
 from broker.seal import SealConfigError, generate_seal_key
 from broker.settings import Settings
-from tests.conftest import PG_READONLY, PgCluster, pg_connection_config
+from tests.conftest import PG_ADMIN_PASSWORD, PG_READONLY, PgCluster, pg_connection_config
 from tests.support import (
     ISSUED_PASSWORDS,
     VaultHTTP,
@@ -120,6 +120,7 @@ async def test_init_unseal_seal_restart_and_rotate(
         assert "broker_connections" in dump and "enc:2:" in dump
         secrets_ = [
             pg_target.server.password,
+            PG_ADMIN_PASSWORD,
             root_token,
             token["client_token"],
             creds.data["password"],
@@ -175,7 +176,7 @@ async def _configure_and_issue(http: VaultHTTP, pg: PgCluster) -> str:
     creds = await http.creds("brkt-pg-sealed")
     ISSUED_PASSWORDS.add(creds.data["password"])
     await _log_in(pg, creds.data["username"], creds.data["password"])
-    return str(pg.server.password)
+    return PG_ADMIN_PASSWORD  # the connection's admin (pg_connection_config)
 
 
 async def _log_in(pg: PgCluster, user: str, password: str) -> None:

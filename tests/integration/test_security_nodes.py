@@ -10,6 +10,7 @@ import pytest
 
 from broker.api.app import start_server
 from tests.conftest import (
+    PG_ADMIN_PASSWORD,
     PG_READONLY,
     TOKEN,
     PgCluster,
@@ -51,9 +52,7 @@ async def test_rotation_and_revocation_reach_the_other_node(
 
     # A new key term on a; a rewrites the password under it; b reads it without restart.
     assert (await a.write("sys/rotate")).status == 204
-    assert (
-        await a.write("database/config/pg", {"password": pg_target.server.password})
-    ).status == 204
+    assert (await a.write("database/config/pg", {"password": PG_ADMIN_PASSWORD})).status == 204
     assert (await b.read("sys/key-status")).data["term"] == 2
     creds = await b.creds("brkt-nodes")
     assert await pg_logs_in(pg_target.server.port, creds.data["username"], creds.data["password"])

@@ -20,6 +20,7 @@ import pytest
 from broker.embedded import free_port
 from tests.conftest import (
     MYSQL_READONLY,
+    PG_ADMIN,
     PG_READERS,
     PG_READONLY,
     TOKEN,
@@ -44,6 +45,9 @@ async def pg_account(pg_target: PgCluster) -> AsyncIterator[str]:
     admin = await asyncpg.connect(pg_target.dsn())
     try:
         await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'initial-pw'")
+        # PostgreSQL 16: a CREATEROLE admin manages only roles it holds ADMIN OPTION on
+        # (README, "What the admin needs").
+        await admin.execute(f"GRANT {name} TO {PG_ADMIN} WITH ADMIN OPTION")
         yield name
         await admin.execute(f"DROP ROLE IF EXISTS {name}")
     finally:

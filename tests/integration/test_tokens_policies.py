@@ -138,7 +138,7 @@ async def test_revoking_a_token_revokes_its_children_and_their_leases(
     # The child died with its parent.
     reply = await broker.http.call("GET", "auth/token/lookup-self", token=child)
     assert reply.status == 403
-    lease = await broker.http.write("sys/leases/lookup", {"lease_id": pg["lease_id"]})
+    lease = await broker.http.read(f"sys/leases/history/{pg['lease_id']}")
     assert lease.status == 200 and lease.data["revoke_time"] is not None
     assert lease.data["token_accessor"]
 

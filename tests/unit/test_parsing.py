@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from broker.api.listmethod import rewrite_list_request
 from broker.durations import parse_duration
 from broker.engines.base import ConnectionConfig
 from broker.engines.mysql import connect_arguments as mysql_args
@@ -87,13 +86,3 @@ def test_mysql_go_dsn_and_url() -> None:
     assert (url["host"], url["port"], url["db"]) == ("h", 1, "d")
     with pytest.raises(InvalidRequest):
         mysql_args(ConnectionConfig("not a dsn", "u", "p"))
-
-
-def test_list_rewrite() -> None:
-    assert rewrite_list_request(b"LIST /v1/database/roles HTTP/1.1\r\nHost: x\r\n\r\n") == (
-        b"GET /v1/database/roles?list=true HTTP/1.1\r\nHost: x\r\n\r\n"
-    )
-    assert rewrite_list_request(b"LIST /v1/a?x=1 HTTP/1.1\r\n").startswith(
-        b"GET /v1/a?x=1&list=true HTTP/1.1"
-    )
-    assert rewrite_list_request(b"GET / HTTP/1.1\r\n") == b"GET / HTTP/1.1\r\n"

@@ -1,25 +1,22 @@
-"""Loads the SQL that lives in ``sql/``: the one module that knows where it is."""
+"""The broker's SQL, shipped inside the package: named queries in ``queries.sql`` and the
+numbered ``migrations/``. Kept beside this module (as procrastinate keeps its SQL) so a
+wheel carries it: an installed broker reads its SQL from where it was installed, never
+from a checkout."""
 
 from __future__ import annotations
 
 import functools
-import os
 import re
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-_CANDIDATES = (
-    *((Path(os.environ["BROKER_SQL_DIR"]),) if os.environ.get("BROKER_SQL_DIR") else ()),
-    Path(__file__).resolve().parent.parent / "sql",  # source checkout / editable install
-    Path(__file__).resolve().parent / "_sql",  # wheel: sql/ copied into the package
-)
 _BLOCK_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+_MIGRATION = re.compile(r"^[0-9]{4}_.+\.sql$")
 
 
-def sql_dir() -> Path:
-    for candidate in _CANDIDATES:
-        if (candidate / "queries.sql").is_file():
-            return Path(candidate)
-    raise FileNotFoundError("the broker's sql/ directory is missing from this installation")
+def sql_dir() -> Traversable:
+    """Where the SQL files are: this package, in a checkout or an installed wheel alike."""
+    return files(__name__)
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -43,5 +40,8 @@ def queries() -> dict[str, str]:
 
 def migrations() -> list[tuple[str, str]]:
     """(version, script) for each numbered migration, in order."""
-    files = sorted((sql_dir() / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
-    return [(path.stem, path.read_text()) for path in files]
+    scripts = sorted(
+        (entry for entry in (sql_dir() / "migrations").iterdir() if _MIGRATION.match(entry.name)),
+        key=lambda entry: entry.name,
+    )
+    return [(entry.name.removesuffix(".sql"), entry.read_text()) for entry in scripts]

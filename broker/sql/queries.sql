@@ -71,6 +71,40 @@ DELETE FROM broker_connections WHERE mount = $1 AND name = $2 RETURNING name
 SELECT count(*) FROM broker_leases
 WHERE mount = $1 AND connection_name = $2 AND state IN ('creating', 'active', 'revoking')
 
+-- lock_connection_for_delete --
+-- Held until the deleting transaction ends: an issuance that checks the connection
+-- (connections_still_exist) waits for it, then sees the outcome; the lease count that
+-- follows, a new statement, sees every lease row committed before the lock was taken.
+SELECT name FROM broker_connections WHERE mount = $1 AND name = $2 FOR UPDATE
+
+-- lock_mount_connections --
+-- Disabling a mount: the same lock as lock_connection_for_delete, on each of its connections.
+SELECT name FROM broker_connections WHERE mount = $1 ORDER BY name FOR UPDATE
+
+-- count_live_leases_of_mount --
+SELECT count(*) FROM broker_leases
+WHERE mount = $1 AND state IN ('creating', 'active', 'revoking')
+
+-- live_leases_of_connection --
+-- A forced connection delete revokes these first, one by one (a role's db_name may have
+-- changed since issuance, so a role's prefix is not the connection's leases).
+SELECT lease_id FROM broker_leases
+WHERE mount = $1 AND connection_name = $2 AND state IN ('creating', 'active', 'revoking')
+ORDER BY lease_id
+
+-- connections_still_exist --
+-- Issuance, after its lease row is committed and before the user is made: which of the
+-- (mount, name) pairs still exist. FOR KEY SHARE waits for a delete that holds the row
+-- (lock_connection_for_delete) and then sees its outcome, so a connection is never deleted
+-- between this check and the user's creation with a lease it did not count. Returns the
+-- 1-based positions of the pairs that exist (group commit: many at once).
+SELECT k.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(mount, name, i)
+WHERE EXISTS (
+    SELECT 1 FROM broker_connections c
+    WHERE c.mount = k.mount AND c.name = k.name
+    FOR KEY SHARE
+)
+
 -- upsert_role --
 INSERT INTO broker_roles
     (mount, name, db_name, creation_statements, revocation_statements, rollback_statements,
@@ -163,22 +197,29 @@ WHERE lease_id = $1 AND state = 'active'
 RETURNING lease_id
 
 -- claim_due_leases --
--- $1 batch size, $2 seconds the claim hides the row from other sweeps (a node that dies
--- mid-revocation releases it that way), $3 LIKE pattern on lease_id ('%' for all).
+-- $1 batch size, $2 seconds the claim hides the row from other sweeps (the last resort for
+-- a claimer that is alive but stuck), $3 LIKE pattern on lease_id ('%' for all), $4 the
+-- claiming process's instance id: a dead claimer's rows are handed back at once by
+-- release_dead_claims. A claim handed back unfinished (released or taken from a dead
+-- node: 'revoking', claimed before, no holder) may have been made while the lease was
+-- still 'creating', and its holder never scheduled the re-check: it counts as 'creating'
+-- again, which only matters while a creator could still be at work (_needs_recheck).
 WITH due AS (
-    SELECT lease_id, state FROM broker_leases
+    SELECT lease_id, state, claimed_by, attempts FROM broker_leases
     WHERE state IN ('creating', 'active', 'revoking') AND due_at <= now() AND lease_id LIKE $3
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE broker_leases AS l
-SET state = 'revoking', due_at = now() + make_interval(secs => $2), attempts = l.attempts + 1
+SET state = 'revoking', due_at = now() + make_interval(secs => $2), attempts = l.attempts + 1,
+    claimed_by = $4
 FROM due
 WHERE l.lease_id = due.lease_id
 RETURNING l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
           l.revocation_statements, l.issued_at, l.expires_at, l.attempts,
-          due.state AS prior_state
+          CASE WHEN due.state = 'revoking' AND due.claimed_by IS NULL AND due.attempts > 0
+               THEN 'creating' ELSE due.state END AS prior_state
 
 -- make_leases_due --
 -- Revocation by id or prefix: every live lease under the pattern becomes due now, so the
@@ -215,19 +256,37 @@ WHERE lease_id LIKE $1 AND state IN ('creating', 'active', 'revoking')
 
 -- list_lease_keys --
 -- Vault's hierarchical listing: the next path segment under the prefix, with a trailing
--- slash where more segments follow. $1 LIKE pattern, $2 prefix length + 1.
+-- slash where more segments follow. $1 LIKE pattern of a prefix ending in '/', $2 its
+-- length + 1. The leases Vault still knows: a revoked user awaiting its re-check
+-- (revoked_at set) is gone for lookup and for revoke-prefix, so it is not listed either.
 SELECT DISTINCT
     CASE WHEN strpos(rest, '/') > 0 THEN split_part(rest, '/', 1) || '/' ELSE rest END AS key
 FROM (
     SELECT substr(lease_id, $2) AS rest FROM broker_leases
     WHERE lease_id LIKE $1 AND state IN ('creating', 'active', 'revoking')
+      AND revoked_at IS NULL
 ) AS live
 ORDER BY key
 
 -- release_claims --
 -- Graceful shutdown: claims this node could not finish become due now for other nodes.
-UPDATE broker_leases SET due_at = now()
+UPDATE broker_leases SET due_at = now(), claimed_by = NULL
 WHERE lease_id = ANY($1::text[]) AND state = 'revoking'
+
+-- release_dead_claims --
+-- Run with every heartbeat: claims held by dead broker processes become due now, so the
+-- next sweep of a live node takes them over instead of waiting out the claim timeout.
+-- Dead: an instance whose node has not heartbeaten for $3 seconds, or an earlier instance
+-- of this node id $1 (a restart; $2 is this instance). A node that is merely slow to
+-- heartbeat loses its claims early at worst: revoking twice is harmless. The dead ids (a
+-- few node rows) go in as an array, so the plan probes broker_leases_claimed_by_idx for
+-- them rather than walking every claim (failing revocations keep theirs).
+UPDATE broker_leases SET due_at = now(), claimed_by = NULL
+WHERE state = 'revoking' AND claimed_by = ANY(ARRAY(
+    SELECT instance_id FROM broker_nodes
+    WHERE instance_id <> $2
+      AND (node_id = $1 OR last_heartbeat < now() - make_interval(secs => $3))
+))
 
 -- count_failing_leases --
 -- Vault calls leases whose revocation keeps failing "irrevocable"; ours are retried forever.
@@ -251,8 +310,13 @@ WHERE username = ANY($1::text[])
   AND (state IN ('creating', 'active') OR (state = 'revoking' AND revoked_at IS NULL))
 
 -- heartbeat --
-INSERT INTO broker_nodes (node_id, api_address, version) VALUES ($1, $2, $3)
-ON CONFLICT (node_id) DO UPDATE SET last_heartbeat = now(), api_address = EXCLUDED.api_address
+-- $4 this process's instance id: a node restarted under the same id is a new instance,
+-- started now (its predecessor's claims are dead, see release_dead_claims).
+INSERT INTO broker_nodes (node_id, api_address, version, instance_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (node_id) DO UPDATE SET last_heartbeat = now(), api_address = EXCLUDED.api_address,
+    version = EXCLUDED.version, instance_id = EXCLUDED.instance_id,
+    started_at = CASE WHEN broker_nodes.instance_id IS DISTINCT FROM EXCLUDED.instance_id
+                      THEN now() ELSE broker_nodes.started_at END
 
 -- remove_node --
 DELETE FROM broker_nodes WHERE node_id = $1
