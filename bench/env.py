@@ -17,7 +17,7 @@ import aiohttp
 import aiomysql
 import asyncpg
 
-from broker.embedded import EmbeddedPostgres, free_port
+from broker.server.storage.embedded import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-" + secrets.token_hex(8)

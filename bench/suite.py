@@ -26,13 +26,13 @@ from bench.env import (
     Broker,
     loadgen,
 )
-from broker.engines.registry import EngineRegistry
-from broker.leases import LeaseManager
-from broker.migrations import apply_migrations
 from broker.models import NewLease
-from broker.seal import SealManager
-from broker.settings import Settings
-from broker.storage import Storage, create_pool
+from broker.server.database.leases import LeaseManager
+from broker.server.engines.registry import EngineRegistry
+from broker.server.security.seal import SealManager
+from broker.server.settings import Settings
+from broker.server.storage.migrations import apply_migrations
+from broker.server.storage.store import Storage, create_pool
 
 CONCURRENCY = (1, 8, 32, 64)
 

@@ -14,9 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from broker import cli_admin, cli_security, lease_views, logs
-from broker.client import BrokerClient, ClientError
-from broker.settings import Settings
+from broker import logs
+from broker.client import admin as cli_admin
+from broker.client import lease_views
+from broker.client import operator as cli_security
+from broker.client.http import BrokerClient, ClientError
+from broker.server.settings import Settings
 
 EPILOG = """examples:
   broker server --dev
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "completion":
             return _completion(args.shell)
         if args.command == "agent":
-            from broker.agent import run_agent
+            from broker.client.agent import run_agent
 
             return asyncio.run(run_agent(args.config))
         if args.command == "status":
@@ -275,11 +278,11 @@ def _stop_on_signal() -> asyncio.Event:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from broker import dev
-    from broker.api.app import start_server
-    from broker.api.context import Services
-    from broker.embedded import EmbeddedPostgres
-    from broker.secrets_gen import token
+    from broker.server import dev
+    from broker.server.api.context import Services
+    from broker.server.assembly import start_server
+    from broker.server.secrets_gen import token
+    from broker.server.storage.embedded import EmbeddedPostgres
 
     stop = _stop_on_signal()
     if not args.dev:
@@ -349,8 +352,8 @@ def _print_dev_banner(settings: Settings, embedded: Any) -> None:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from broker.migrations import apply_migrations
-    from broker.storage import create_pool
+    from broker.server.storage.migrations import apply_migrations
+    from broker.server.storage.store import create_pool
 
     settings = _settings(args.config)
     pool = await create_pool(settings.storage_dsn, min_size=1, max_size=2)
@@ -363,10 +366,10 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _revoke_expired(args: argparse.Namespace) -> int:
-    from broker.engines.registry import EngineRegistry
-    from broker.leases import LeaseManager
-    from broker.migrations import apply_migrations
-    from broker.storage import Storage, create_pool
+    from broker.server.database.leases import LeaseManager
+    from broker.server.engines.registry import EngineRegistry
+    from broker.server.storage.migrations import apply_migrations
+    from broker.server.storage.store import Storage, create_pool
 
     settings = _settings(args.config)
     pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
@@ -387,7 +390,7 @@ async def _revoke_expired(args: argparse.Namespace) -> int:
 async def _unsealed_storage(settings: Settings, storage: Any) -> Any:
     """Commands that run beside the server (from cron) read connection passwords, so they
     need the auto-unseal key; with Shamir keys only a running, unsealed server can."""
-    from broker.seal import SealManager
+    from broker.server.security.seal import SealManager
 
     async def no_root_token() -> str:
         raise RuntimeError("a command never initialises storage")
@@ -405,9 +408,9 @@ async def _unsealed_storage(settings: Settings, storage: Any) -> Any:
 
 async def _reconcile(args: argparse.Namespace) -> int:
     """Exit 0: no orphans left; 1: orphans found and not (all) dropped."""
-    from broker.engines.registry import EngineRegistry
-    from broker.reconcile import Reconciler
-    from broker.storage import Storage, create_pool
+    from broker.server.database.reconcile import Reconciler
+    from broker.server.engines.registry import EngineRegistry
+    from broker.server.storage.store import Storage, create_pool
 
     settings = _settings(args.config)
     pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
@@ -450,7 +453,7 @@ def _creds(args: argparse.Namespace) -> int:
 def _format_creds(form: str, issued: dict[str, Any]) -> str:
     """Built from the creds answer alone (``data.connection`` says where the database
     is): a token that may only read its role's creds can use every format."""
-    from broker import session_env
+    from broker.client import session_env
 
     username, password = issued["data"]["username"], issued["data"]["password"]
     duration = int(issued["lease_duration"])
@@ -489,7 +492,7 @@ def _format_creds(form: str, issued: dict[str, Any]) -> str:
 def _login(args: argparse.Namespace) -> int:
     import getpass
 
-    from broker.client import save_token
+    from broker.client.http import save_token
 
     token = args.token or getpass.getpass("Token (will be hidden): ").strip()
     client = BrokerClient(BrokerClient.from_env().address, token)
@@ -523,7 +526,7 @@ def _status() -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from broker.exec_session import run_with_credentials
+    from broker.client.exec_session import run_with_credentials
 
     def strip(argv: list[str]) -> list[str]:
         return argv[1:] if argv[:1] == ["--"] else argv

@@ -16,10 +16,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from broker.api.app import start_server
-from broker.embedded import EmbeddedPostgres, free_port
 from broker.logs import JsonFormatter, RequestIdFilter
-from broker.settings import Settings
+from broker.server.assembly import start_server
+from broker.server.settings import Settings
+from broker.server.storage.embedded import EmbeddedPostgres, free_port
 from tests.support import ISSUED_PASSWORDS, MARIADB, VaultHTTP, mysql_admin
 
 TOKEN = "test-root-" + secrets.token_hex(8)

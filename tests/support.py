@@ -181,9 +181,9 @@ async def wait_healthy(session: aiohttp.ClientSession, address: str, within: flo
 async def unseal_for_test(storage: Any) -> None:
     """Domain-level tests that write connections need an open barrier: initialise the
     fresh storage and unseal it with the suite's auto-unseal key (see conftest)."""
-    from broker.auth.tokens import TokenManager
-    from broker.seal import SealManager
-    from broker.settings import Settings
+    from broker.server.auth.tokens import TokenManager
+    from broker.server.security.seal import SealManager
+    from broker.server.settings import Settings
 
     settings = Settings(seal_type="env", auto_init=True)
     await SealManager(

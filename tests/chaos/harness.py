@@ -26,7 +26,7 @@ import aiohttp
 import aiomysql
 import asyncpg
 
-from broker.embedded import EmbeddedPostgres, free_port
+from broker.server.storage.embedded import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}

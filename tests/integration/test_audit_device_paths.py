@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import yarl
 
-from broker.api.app import start_server
-from broker.audit import verify_lines
-from broker.settings import Settings
+from broker.server.assembly import start_server
+from broker.server.security.audit import verify_lines
+from broker.server.settings import Settings
 from tests.conftest import TOKEN, PgCluster, own_broker_settings
 from tests.support import VaultHTTP
 

@@ -11,14 +11,14 @@ import sys
 import aiohttp
 import asyncpg
 
-from broker.catalog import Catalog, ConnectionUpdate, RoleUpdate
-from broker.embedded import free_port
-from broker.engines.registry import EngineRegistry
-from broker.leases import LeaseManager
-from broker.migrations import apply_migrations
 from broker.models import NewLease
-from broker.settings import Settings
-from broker.storage import Storage, create_pool
+from broker.server.database.catalog import Catalog, ConnectionUpdate, RoleUpdate
+from broker.server.database.leases import LeaseManager
+from broker.server.engines.registry import EngineRegistry
+from broker.server.settings import Settings
+from broker.server.storage.embedded import free_port
+from broker.server.storage.migrations import apply_migrations
+from broker.server.storage.store import Storage, create_pool
 from tests.conftest import MYSQL_READONLY, PgCluster, RunningBroker, create_database
 from tests.support import (
     ROOT,

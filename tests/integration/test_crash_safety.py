@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from broker.embedded import free_port
+from broker.server.storage.embedded import free_port
 from tests.conftest import MYSQL_READONLY, TOKEN, PgCluster, RunningBroker, create_database
 from tests.support import VaultHTTP, broker_process, eventually, mysql_user_exists, wait_healthy
 

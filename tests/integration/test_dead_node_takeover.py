@@ -18,7 +18,7 @@ import time
 import aiohttp
 import asyncpg
 
-from broker.embedded import free_port
+from broker.server.storage.embedded import free_port
 from tests.conftest import TOKEN, PgCluster, create_database, pg_connection_config
 from tests.support import VaultHTTP, broker_process, eventually, wait_healthy
 

@@ -15,7 +15,7 @@ import aiomysql
 import asyncpg
 import pytest
 
-from broker.embedded import free_port
+from broker.server.storage.embedded import free_port
 from tests.conftest import (
     MYSQL_READONLY,
     PG_ADMIN,

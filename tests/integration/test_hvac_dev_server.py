@@ -16,7 +16,7 @@ import hvac
 import pymysql
 import pytest
 
-from broker.embedded import EmbeddedPostgres, free_port
+from broker.server.storage.embedded import EmbeddedPostgres, free_port
 from tests.conftest import MYSQL_READONLY
 from tests.support import broker_process, mysql_user_exists, wait_healthy
 

@@ -19,8 +19,8 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from broker import lease_views
-from broker.client import BrokerClient
+from broker.client import lease_views
+from broker.client.http import BrokerClient
 from tests.conftest import PG_READONLY, PgCluster, RunningBroker
 from tests.support import Reply, pg_logs_in
 

@@ -489,9 +489,9 @@ async def test_mariadb_admin_that_may_not_kill_leaves_the_lease_failing(
 async def test_mariadb_admin_without_process_cannot_claim_success() -> None:
     """Without PROCESS the admin sees no other session, so it cannot tell whether any
     remain: the revocation says so instead of succeeding blindly."""
-    from broker.engines.base import ConnectionConfig, RevokeUserRequest
-    from broker.engines.mysql import MySQLEngine
     from broker.exceptions import TargetError
+    from broker.server.engines.base import ConnectionConfig, RevokeUserRequest
+    from broker.server.engines.mysql import MySQLEngine
 
     admin = "brkt_mnoproc_" + secrets.token_hex(3)
     victim = "v_brkt_mnoproc_" + secrets.token_hex(3)

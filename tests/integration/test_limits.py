@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.api.app import start_server
+from broker.server.assembly import start_server
 from tests.conftest import (
     PG_READONLY,
     TOKEN,

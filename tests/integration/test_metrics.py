@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 
 from broker.models import NewLease
-from broker.storage import Storage
+from broker.server.storage.store import Storage
 from tests.conftest import PG_READONLY, TOKEN, RunningBroker
 from tests.support import eventually
 

@@ -9,10 +9,10 @@ import re
 import sys
 from pathlib import Path
 
-from broker.api.app import start_server
-from broker.api.openapi import build_document
-from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
-from broker.api.routing import Operation
+from broker.server.api.openapi import build_document
+from broker.server.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
+from broker.server.api.routing import Operation
+from broker.server.assembly import start_server
 from tests.conftest import TOKEN, PgCluster, RunningBroker, own_broker_settings
 from tests.support import VaultHTTP
 

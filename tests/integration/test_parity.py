@@ -13,7 +13,7 @@ import hvac.exceptions
 import pytest
 
 from broker.models import NewLease
-from broker.storage import Storage, create_pool
+from broker.server.storage.store import Storage, create_pool
 from tests.conftest import PG_READONLY, PgCluster, RunningBroker
 from tests.support import ISSUED_PASSWORDS, pg_logs_in
 

@@ -16,9 +16,9 @@ import asyncpg
 import pymysql
 import pytest
 
-from broker.api.app import start_server
-from broker.embedded import EmbeddedPostgres, free_port
-from broker.settings import Settings
+from broker.server.assembly import start_server
+from broker.server.settings import Settings
+from broker.server.storage.embedded import EmbeddedPostgres, free_port
 from tests.conftest import MYSQL_READONLY, TOKEN, PgCluster, RunningBroker, create_database
 from tests.support import (
     MARIADB,

@@ -16,10 +16,10 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from broker.api.app import start_server
-from broker.embedded import free_port
-from broker.seal import SealConfigError, generate_seal_key
-from broker.settings import Settings
+from broker.server.assembly import start_server
+from broker.server.security.seal import SealConfigError, generate_seal_key
+from broker.server.settings import Settings
+from broker.server.storage.embedded import free_port
 from tests.conftest import PG_ADMIN_PASSWORD, PG_READONLY, PgCluster, pg_connection_config
 from tests.support import (
     ISSUED_PASSWORDS,

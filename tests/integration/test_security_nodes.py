@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from broker.api.app import start_server
+from broker.server.assembly import start_server
 from tests.conftest import (
     PG_ADMIN_PASSWORD,
     PG_READONLY,

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from broker.api.app import start_server
-from broker.embedded import free_port
+from broker.server.assembly import start_server
+from broker.server.storage.embedded import free_port
 from tests.conftest import TOKEN, PgCluster, RunningBroker, create_database
 from tests.support import ROOT
 

@@ -17,10 +17,10 @@ import aiomysql
 import asyncpg
 import pytest
 
-from broker.engines import mysql as mysql_engine
-from broker.engines import postgres as pg_engine
 from broker.exceptions import InvalidRequest
-from broker.templates import check_account_name, render_sql
+from broker.server.engines import mysql as mysql_engine
+from broker.server.engines import postgres as pg_engine
+from broker.server.engines.templates import check_account_name, render_sql
 from tests.conftest import PgCluster, RunningBroker
 from tests.support import (
     ISSUED_PASSWORDS,

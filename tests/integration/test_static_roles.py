@@ -17,7 +17,7 @@ import asyncpg
 import hvac
 import pytest
 
-from broker.embedded import free_port
+from broker.server.storage.embedded import free_port
 from tests.conftest import (
     MYSQL_READONLY,
     PG_ADMIN,

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from broker.batching import GroupCommit
+from broker.server.batching import GroupCommit
 
 
 async def test_one_caller_is_one_batch_and_concurrent_callers_share() -> None:

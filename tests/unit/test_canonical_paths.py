@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.api.paths import canonical_path, judged_form
-from broker.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
-from broker.api.routing import Operation, Route, match
-from broker.auth.policy import ACL, parse_policy
 from broker.exceptions import InvalidRequest
+from broker.server.api.paths import canonical_path, judged_form
+from broker.server.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
+from broker.server.api.routing import Operation, Route, match
+from broker.server.auth.acl import ACL, parse_policy
 
 #: Every route with the prefix it is served under (mounts as the dev server names them).
 ROUTES: list[tuple[str, tuple[Route, ...], Route]] = [

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from broker.metrics import Metrics
+from broker.server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -4,7 +4,7 @@ import os
 import stat
 from pathlib import Path
 
-from broker.embedded import _world_usable, world_usable_copy
+from broker.server.storage.embedded import _world_usable, world_usable_copy
 
 
 def test_world_usable_copy_of_an_unreachable_install(tmp_path: Path) -> None:

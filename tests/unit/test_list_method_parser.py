@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import BadHttpMethod
 
-from broker.api.listmethod import ListMethodParser, VaultAppRunner
+from broker.server.api.listmethod import ListMethodParser, VaultAppRunner
 
 EMBEDDED = b"GET /v1/sys/seal-status HTTP/1.0\r\n\r\n"
 BODY = b"".join(b"LIST a b" + b"x" * 8 for _ in range(4)) + EMBEDDED

@@ -5,17 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from broker import sql
-from broker.leases import backoff_seconds
-from broker.redaction import REDACTED, redact
-from broker.secrets_gen import generate_password, lease_suffix
-from broker.settings import Settings
+from broker.server.database.leases import backoff_seconds
+from broker.server.redaction import REDACTED, redact
+from broker.server.secrets_gen import generate_password, lease_suffix
+from broker.server.settings import Settings
+from broker.server.storage import sql
 
 
 def test_every_query_block_parses_and_is_used() -> None:
     queries = sql.queries()
     assert queries
-    storage_source = Path("broker/storage.py").read_text()
+    storage_source = "".join(
+        path.read_text() for path in Path("broker/server/storage").rglob("*.py")
+    )
     for name in queries:
         used = f'"{name}"' in storage_source or name in (
             "create_migrations_table",

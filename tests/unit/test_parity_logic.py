@@ -8,9 +8,9 @@ import pytest
 
 from broker.exceptions import InvalidRequest
 from broker.models import StaticRole
-from broker.password_policy import parse_password_policy
-from broker.rotation import next_rotation
-from broker.templates import go_time_format
+from broker.server.database.password_policies import parse_password_policy
+from broker.server.database.rotation import next_rotation
+from broker.server.engines.templates import go_time_format
 
 POLICY = """
 length = 12

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 
 from broker.durations import parse_duration
-from broker.engines.base import ConnectionConfig
-from broker.engines.mysql import connect_arguments as mysql_args
-from broker.engines.postgres import connect_arguments as pg_args
 from broker.exceptions import InvalidRequest
+from broker.server.engines.base import ConnectionConfig
+from broker.server.engines.mysql import connect_arguments as mysql_args
+from broker.server.engines.postgres import connect_arguments as pg_args
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.catalog import public_endpoint
 from broker.models import Connection
+from broker.server.database.catalog import public_endpoint
 
 
 def _connection(plugin: str, url: str) -> Connection:

@@ -8,9 +8,6 @@ import os
 
 import pytest
 
-from broker.audit import GENESIS, hash_values, line_hash, render_line, verify_lines
-from broker.auth.policy import ACL, parse_policy
-from broker.barrier import Barrier, Keyring, combine_shares, split_root_key
 from broker.exceptions import (
     IntegrityError,
     InvalidRequest,
@@ -18,7 +15,10 @@ from broker.exceptions import (
     Sealed,
     TooManyRequests,
 )
-from broker.ratelimit import RateLimiter
+from broker.server.auth.acl import ACL, parse_policy
+from broker.server.security.audit import GENESIS, hash_values, line_hash, render_line, verify_lines
+from broker.server.security.ratelimit import RateLimiter
+from broker.server.storage.barrier import Barrier, Keyring, combine_shares, split_root_key
 
 
 def _acl(text: str) -> ACL:
@@ -165,7 +165,7 @@ def test_rate_limiter_buckets() -> None:
 
 
 def test_display_names_cannot_reach_sql_unsanitised() -> None:
-    from broker.templates import UsernameTemplate
+    from broker.server.engines.templates import UsernameTemplate
 
     template = UsernameTemplate("{{.DisplayName}}_{{.RoleName}}")
     assert template.render("token-ci", "ro") == "token-ci_ro"

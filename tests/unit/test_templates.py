@@ -5,7 +5,7 @@ import re
 import pytest
 
 from broker.exceptions import InvalidRequest
-from broker.templates import (
+from broker.server.engines.templates import (
     UsernameTemplate,
     check_statements,
     default_username,

@@ -1,0 +1,51 @@
+"""The one canonical form of a request path: what the ACL judges and what handlers act on.
+
+An ACL decision is only as good as its agreement with the handler: if the policy check
+sees ``sys/mounts//tmpdb`` and the handler, after ``strip("/")``, disables ``tmpdb``, a
+deny on ``sys/mounts/tmpdb`` protects nothing. So the path is put in canonical form once,
+before routing and before the ACL, and no handler normalises it again:
+
+- repeated slashes collapse and a leading slash goes (``sys//mounts`` is ``sys/mounts``);
+- a trailing slash is kept only on LIST, where one is added if missing (Vault's rule for
+  list requests); every other operation loses it, so ``sys/mounts/tmpdb/`` is
+  ``sys/mounts/tmpdb``;
+- ``.`` and ``..`` segments (after percent-decoding) and control characters are refused:
+  they have no meaning in Vault's paths and only serve to confuse a matcher;
+- segments Vault treats as case-insensitive (policy names) are lower-cased by the route
+  (``Route.case_insensitive``) before the ACL sees the path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from broker.exceptions import InvalidRequest
+
+if TYPE_CHECKING:
+    from broker.server.api.routing import Route
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def canonical_path(raw: str, listing: bool) -> str:
+    """``raw`` (the percent-decoded path after ``/v1/``) in canonical form; 400 for a
+    path no handler could mean."""
+    if _CONTROL.search(raw):
+        raise InvalidRequest("invalid request path: control characters are not allowed")
+    segments = [segment for segment in raw.split("/") if segment]
+    if any(segment in (".", "..") for segment in segments):
+        raise InvalidRequest("invalid request path: '.' and '..' segments are not allowed")
+    path = "/".join(segments)
+    if listing and path:
+        path += "/"
+    return path
+
+
+def judged_form(path: str, target: Route, args: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The path the ACL judges and the arguments the handler gets, from one canonical path
+    and the route it matched: lower-cased together where the route's names are
+    case-insensitive, so ``sys/policy/Narrow`` is judged as the ``narrow`` it writes."""
+    if not target.case_insensitive:
+        return path, args
+    return path.lower(), {name: value.lower() for name, value in args.items()}

@@ -1,0 +1,243 @@
+"""The AppRole auth method: machines log in with a role ID and a secret ID.
+
+Secret IDs are stored only as an HMAC (like tokens); a login spends one use atomically,
+so two logins never share the last use, and checks the CIDR bindings of the secret ID and
+of the role before any token is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from broker.exceptions import InvalidRequest, NotFound
+from broker.models import AppRole, TokenEntry
+from broker.server.auth.policy_store import ROOT
+from broker.server.auth.tokens import (
+    Caller,
+    TokenManager,
+    TokenRequest,
+    check_cidrs,
+    grantable_policies,
+    in_cidrs,
+    normalise_policies,
+)
+from broker.server.storage.store import Storage
+
+AUTH_TYPES = ("approle",)
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoleUpdate:
+    """Fields present in a role write; None keeps the stored value."""
+
+    role_id: str | None = None
+    bind_secret_id: bool | None = None
+    token_policies: tuple[str, ...] | None = None
+    token_ttl: int | None = None
+    token_max_ttl: int | None = None
+    token_num_uses: int | None = None
+    token_bound_cidrs: tuple[str, ...] | None = None
+    secret_id_ttl: int | None = None
+    secret_id_num_uses: int | None = None
+    secret_id_bound_cidrs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSecretId:
+    secret_id: str = dataclasses.field(repr=False)
+    accessor: str
+    ttl: int
+    num_uses: int
+
+
+class AuthMethods:
+    """Auth methods enabled under ``auth/`` (the token method is built in)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._paths: dict[str, str] = {}
+
+    async def refresh(self) -> None:
+        self._paths = {m["path"]: m["type"] for m in await self._storage.list_auth_methods()}
+
+    async def resolve(self, path: str) -> tuple[str, str, str] | None:
+        """``approle/login`` -> (mount, type, rest) by the longest enabled prefix; a miss
+        reloads once, so a method enabled on another node is found on first use."""
+        for attempt in range(2):
+            best = max(
+                (p for p in self._paths if path == p or path.startswith(p + "/")),
+                key=len,
+                default=None,
+            )
+            if best is not None:
+                return best, self._paths[best], path[len(best) + 1 :]
+            if attempt == 0:
+                await self.refresh()
+        return None
+
+    async def enable(self, path: str, type_: str, description: str) -> None:
+        path = path.strip("/")
+        if not _MOUNT_PATH.match(path):
+            raise InvalidRequest(f"invalid auth method path {path!r}")
+        if path == "token" or path.startswith("token/"):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        if type_ not in AUTH_TYPES:
+            raise InvalidRequest(f"unknown auth method type {type_!r}")
+        accessor = f"auth_{type_}_{secrets.token_hex(4)}"
+        if not await self._storage.insert_auth_method(path, type_, description, accessor):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        await self.refresh()
+
+    async def disable(self, path: str) -> None:
+        await self._storage.delete_auth_method(path.strip("/"))
+        await self.refresh()
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self._storage.list_auth_methods()
+
+
+class AppRoleManager:
+    def __init__(self, storage: Storage, tokens: TokenManager) -> None:
+        self._storage = storage
+        self._tokens = tokens
+
+    async def write_role(
+        self, mount: str, name: str, update: AppRoleUpdate, writer: Caller
+    ) -> None:
+        """Create or change a role. Its ``token_policies`` are what every login will be
+        given, so they are held to the writer's own (``grantable_policies``) and can
+        never include ``root``: a role writer must not be able to mint a root token."""
+        if not _NAME.match(name):
+            raise InvalidRequest(f"invalid role name {name!r}: use letters, digits, '_', '.', '-'")
+        if update.token_policies is not None:
+            if ROOT in normalise_policies(update.token_policies):
+                raise InvalidRequest("auth methods cannot create root tokens")
+            policies = grantable_policies(writer, update.token_policies)
+            update = dataclasses.replace(update, token_policies=policies)
+        existing = await self._storage.get_approle_role(mount, name)
+        base = existing or AppRole(mount, name, str(uuid.uuid4()), True, (), 0, 0, 0, (), 0, 0, ())
+        changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        role = dataclasses.replace(base, **changes)
+        check_cidrs(role.token_bound_cidrs, "token_bound_cidrs")
+        check_cidrs(role.secret_id_bound_cidrs, "secret_id_bound_cidrs")
+        if min(role.token_ttl, role.token_max_ttl, role.token_num_uses) < 0:
+            raise InvalidRequest("token_ttl, token_max_ttl and token_num_uses cannot be negative")
+        if min(role.secret_id_ttl, role.secret_id_num_uses) < 0:
+            raise InvalidRequest("secret_id_ttl and secret_id_num_uses cannot be negative")
+        if role.token_max_ttl and role.token_ttl > role.token_max_ttl:
+            raise InvalidRequest("token_ttl cannot be greater than token_max_ttl")
+        if (
+            not role.bind_secret_id
+            and not role.secret_id_bound_cidrs
+            and not (role.token_bound_cidrs)
+        ):
+            raise InvalidRequest("at least one constraint should be enabled on the role")
+        await self._storage.upsert_approle_role(role)
+
+    async def read_role(self, mount: str, name: str) -> AppRole:
+        role = await self._storage.get_approle_role(mount, name)
+        if role is None:
+            raise NotFound()
+        return role
+
+    async def list_roles(self, mount: str) -> list[str]:
+        return await self._storage.list_approle_roles(mount)
+
+    async def delete_role(self, mount: str, name: str) -> None:
+        await self._storage.delete_approle_role(mount, name)
+
+    async def new_secret_id(
+        self,
+        mount: str,
+        name: str,
+        cidr_list: tuple[str, ...] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> NewSecretId:
+        role = await self.read_role(mount, name)
+        check_cidrs(cidr_list, "cidr_list")
+        if role.secret_id_bound_cidrs and cidr_list:
+            # Vault: a secret ID's own blocks must lie within the role's.
+            for cidr in cidr_list:
+                network = cidr.split("/")[0]
+                if not in_cidrs(network, role.secret_id_bound_cidrs):
+                    raise InvalidRequest(f"cidr_list {cidr!r} is not within the role's blocks")
+        secret_id = str(uuid.uuid4())
+        accessor = str(uuid.uuid4())
+        expires_at = None
+        if role.secret_id_ttl:
+            expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=role.secret_id_ttl)
+        await self._storage.insert_secret_id(
+            self._storage.barrier.token_hmac(secret_id),
+            accessor,
+            role,
+            cidr_list or role.secret_id_bound_cidrs,
+            metadata or {},
+            expires_at,
+        )
+        return NewSecretId(secret_id, accessor, role.secret_id_ttl, role.secret_id_num_uses)
+
+    async def lookup_secret_id(
+        self, mount: str, name: str, secret_id: str | None, accessor: str | None
+    ) -> dict[str, Any]:
+        digest = self._storage.barrier.token_hmac(secret_id) if secret_id else None
+        found = await self._storage.get_secret_id(mount, name, digest, accessor)
+        if found is None:
+            raise NotFound()
+        return found
+
+    async def list_secret_id_accessors(self, mount: str, name: str) -> list[str]:
+        return await self._storage.list_secret_id_accessors(mount, name)
+
+    async def destroy_secret_id(
+        self, mount: str, name: str, secret_id: str | None, accessor: str | None
+    ) -> None:
+        digest = self._storage.barrier.token_hmac(secret_id) if secret_id else None
+        await self._storage.delete_secret_id(mount, name, digest, accessor)
+
+    async def login(
+        self, mount: str, role_id: str, secret_id: str, remote: str
+    ) -> tuple[str, TokenEntry]:
+        """Vault answers every refusal with the same vague 400, so a caller learns nothing
+        about which part was wrong; the audit log keeps the request."""
+        if not role_id:
+            raise InvalidRequest("missing role_id")
+        role = await self._storage.get_approle_role(mount, None, role_id)
+        if role is None:
+            raise InvalidRequest("invalid role or secret ID")
+        # Addresses first: a secret ID tried from outside its blocks is not spent by it.
+        if not in_cidrs(remote, role.secret_id_bound_cidrs):
+            raise InvalidRequest("invalid role or secret ID")
+        if ROOT in normalise_policies(role.token_policies):
+            # A role written before writes were checked (or edited in storage): refused
+            # before a secret ID is spent; create_for_login refuses it again regardless.
+            raise InvalidRequest("auth methods cannot create root tokens")
+        if role.bind_secret_id:
+            if not secret_id:
+                raise InvalidRequest("missing secret_id")
+            digest = self._storage.barrier.token_hmac(secret_id)
+            found = await self._storage.get_secret_id(mount, role.name, digest, None)
+            if found is None or not in_cidrs(remote, found["cidr_list"]):
+                raise InvalidRequest("invalid role or secret ID")
+            if await self._storage.consume_secret_id(digest, mount, role.name) is None:
+                raise InvalidRequest("invalid role or secret ID")  # spent or expired
+        return await self._tokens.create_for_login(
+            TokenRequest(
+                policies=role.token_policies,
+                ttl=role.token_ttl or None,
+                explicit_max_ttl=role.token_max_ttl,
+                num_uses=role.token_num_uses,
+                no_parent=True,
+                display_name=role.name,  # the login names show which app it is
+                meta={"role_name": role.name},
+                bound_cidrs=role.token_bound_cidrs,
+                path=f"auth/{mount}/login",
+            ),
+        )

@@ -1,0 +1,428 @@
+"""Secrets engine mounts, database connections and roles: validation and persistence.
+
+Writes are checked here, when they happen (plugin known, URL parseable, templates valid,
+connection reachable), so a bad configuration is a 400 on write, not a failure at issuance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from broker.exceptions import BrokerError, InvalidRequest, NotFound, TargetError
+from broker.models import Connection, Mount, Role
+from broker.server.database.issue_contexts import IssueContextCache
+from broker.server.database.leases import LeaseManager
+from broker.server.database.password_policies import PasswordPolicyStore
+from broker.server.engines.base import DatabaseEngine
+from broker.server.engines.mysql import parse_connection_url as parse_mysql_url
+from broker.server.engines.postgres import parse_connection_url as parse_postgres_url
+from broker.server.engines.registry import EngineRegistry, build_engine, check_plugin_name
+from broker.server.engines.templates import (
+    ROLE_STATEMENT_KINDS,
+    UsernameTemplate,
+    check_statements,
+)
+from broker.server.secrets_gen import random_string
+from broker.server.settings import Settings
+from broker.server.storage.store import Storage
+
+MOUNT_TYPES = ("database",)
+#: Disabling a mount: rounds of revoke-then-delete before leases issued meanwhile make it
+#: give up (each round revokes what the last one missed).
+_DELETE_ROUNDS = 3
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_RESERVED_MOUNTS = ("sys", "auth", "cubbyhole", "identity")
+# Vault's per-table grants: serialised by the broker, but PostgreSQL caps them near 2,400
+# live roles per table (the ACL must fit in one 8 kB row).
+_PER_TABLE_GRANT = re.compile(r"\bGRANT\b[\s\S]*\bON\b\s+(?:ALL\s+TABLES|TABLE)\b", re.IGNORECASE)
+PER_TABLE_GRANT_WARNING = (
+    "creation statements grant privileges on tables to each user: PostgreSQL serialises "
+    "such grants and refuses them past about 2,400 live users per table; granting "
+    'membership in a prepared group role (GRANT readers TO "{{name}}") scales instead'
+)
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """A socket path is local; an IP address must lie in a listed network; a name must be
+    listed as written (resolving it here would itself reach out, and could be rebound)."""
+    if host.startswith("/"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower() in {a.lower() for a in allowed}
+    for entry in allowed:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+#: Connection parameters a client may see beside its login: how to reach the database,
+#: never who the broker logs in as.
+_PUBLIC_PG_PARAMS = ("sslmode", "target_session_attrs")
+
+
+def public_endpoint(connection: Connection) -> dict[str, str]:
+    """Where the logins of ``connection`` go (plugin, host, port, database), for clients
+    that build a DSN or environment from a creds answer without read access to the
+    connection itself. Picked key by key from the parsed URL, so the administrator's
+    username and password (userinfo, ``user=``/``password=`` parameters) can never be
+    among them; a value still holding a ``{{...}}`` placeholder is left out too, since
+    filling it would be the administrator's. Never raises: a URL it cannot read (it was
+    checked when written) yields just the plugin."""
+    postgres = connection.plugin_name.startswith("postgresql")
+    endpoint = {"plugin": "postgresql" if postgres else "mysql"}
+    try:
+        if postgres:
+            params = parse_postgres_url(connection.connection_url)
+            picked = {
+                "host": params.get("host", "127.0.0.1"),
+                "port": params.get("port", "5432"),
+                "database": params.get("dbname", "postgres"),
+            }
+            picked.update({k: params[k] for k in _PUBLIC_PG_PARAMS if k in params})
+        else:
+            fields = parse_mysql_url(connection.connection_url)
+            picked = {
+                "host": fields.get("unix_socket") or fields.get("host", "127.0.0.1"),
+                "port": fields.get("port", "3306"),
+                "database": fields.get("db", ""),
+            }
+    except BrokerError:
+        return endpoint
+    endpoint.update({k: v for k, v in picked.items() if "{{" not in v})
+    return endpoint
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+def normalise_mount_path(path: str) -> str:
+    path = path.strip("/")
+    if not _MOUNT_PATH.match(path):
+        raise InvalidRequest(f"invalid mount path {path!r}")
+    if path.split("/", 1)[0] in _RESERVED_MOUNTS:
+        raise InvalidRequest(f"cannot mount at reserved path {path!r}")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUpdate:
+    """Fields present in a connection write; None means 'keep the stored value'."""
+
+    plugin_name: str | None = None
+    connection_url: str | None = None
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    allowed_roles: tuple[str, ...] | None = None
+    username_template: str | None = None
+    verify_connection: bool | None = None
+    options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleUpdate:
+    db_name: str | None = None
+    creation_statements: tuple[str, ...] | None = None
+    revocation_statements: tuple[str, ...] | None = None
+    rollback_statements: tuple[str, ...] | None = None
+    renew_statements: tuple[str, ...] | None = None
+    default_ttl: int | None = None
+    max_ttl: int | None = None
+    orphan_leases: bool | None = None
+    max_leases: int | None = None
+
+
+class Catalog:
+    def __init__(
+        self,
+        storage: Storage,
+        engines: EngineRegistry,
+        leases: LeaseManager,
+        settings: Settings,
+        contexts: IssueContextCache | None = None,
+        passwords: PasswordPolicyStore | None = None,
+    ) -> None:
+        self._contexts = contexts
+        self._passwords = passwords
+        self._storage = storage
+        self._engines = engines
+        self._leases = leases
+        self._settings = settings
+        self._mount_paths: frozenset[str] = frozenset()
+
+    # -- mounts ---------------------------------------------------------------------------
+
+    async def refresh_mounts(self) -> None:
+        self._mount_paths = frozenset(m.path for m in await self._storage.list_mounts())
+
+    async def resolve_mount(self, path: str) -> tuple[str, str] | None:
+        """Split a request path into (mount, rest) by the longest enabled mount prefix.
+
+        Mounts are cached per node; a miss reloads them once, so a mount enabled on another
+        node is found on first use.
+        """
+        for attempt in range(2):
+            best = max(
+                (m for m in self._mount_paths if path == m or path.startswith(m + "/")),
+                key=len,
+                default=None,
+            )
+            if best is not None:
+                return best, path[len(best) + 1 :]
+            if attempt == 0:
+                await self.refresh_mounts()
+        return None
+
+    async def enable_mount(self, path: str, type_: str, description: str = "") -> None:
+        path = normalise_mount_path(path)
+        if type_ not in MOUNT_TYPES:
+            raise InvalidRequest(f"plugin not found in the catalog: {type_}")
+        if any(path.startswith(m + "/") or m.startswith(path + "/") for m in self._mount_paths):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        accessor = f"{type_}_{random_string(8).lower()}"
+        if not await self._storage.insert_mount(path, type_, description, accessor):
+            raise InvalidRequest(f"path is already in use at {path}/")
+        await self.refresh_mounts()
+        await self._changed()
+
+    async def get_mount(self, path: str) -> Mount:
+        mount = await self._storage.get_mount(path.strip("/"))
+        if mount is None:
+            raise NotFound()
+        return mount
+
+    async def list_mounts(self) -> list[Mount]:
+        return await self._storage.list_mounts()
+
+    async def disable_mount(self, path: str) -> None:
+        """Like Vault: revoke every lease of the mount first; keep the mount if that fails
+        (400 naming how many failed and the first error), since its connections are what
+        the retries need. The mount goes only once no live lease of it is left, checked
+        under the lock an issuance in flight waits for (see delete_mount_unless_leased)."""
+        path = path.strip("/")
+        if await self._storage.get_mount(path) is None:
+            return
+        live: int | None = 0
+        for _ in range(_DELETE_ROUNDS):
+            try:
+                await self._leases.revoke_prefix(path + "/")
+            except TargetError as exc:
+                raise InvalidRequest(
+                    f"failed to revoke the leases of mount {path}/, which was kept: {exc.message}"
+                ) from exc
+            live = await self._storage.delete_mount_unless_leased(path)
+            if not live:
+                break
+        if live:
+            raise InvalidRequest(
+                f"mount {path}/ was kept: {live} lease(s) of it are still live (issued while "
+                "it was being disabled, or awaiting a re-check of their revocation); retry"
+            )
+        self._engines.forget(path)
+        await self.refresh_mounts()
+        await self._changed()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def write_connection(self, mount: str, name: str, update: ConnectionUpdate) -> list[str]:
+        """Validate and store; returns warnings for the response: when the connection is
+        verified, each privilege its admin lacks for issuing and revoking (Vault answers a
+        write with ``warnings`` the same way), so a missing grant shows on day one instead
+        of as leases that cannot be revoked."""
+        check_name("connection", name)
+        existing = await self._storage.get_connection(mount, name)
+        if existing is None:
+            if not update.plugin_name:
+                raise InvalidRequest("plugin_name must be provided")
+            if not update.connection_url:
+                raise InvalidRequest("connection_url must be provided")
+            base = Connection(
+                mount, name, update.plugin_name, update.connection_url, "", "", (), "", True, {}
+            )
+        else:
+            base = existing
+        changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        if update.options is not None:  # options merge key by key, like the other fields
+            changes["options"] = {**base.options, **update.options}
+        connection = dataclasses.replace(base, **changes)
+        check_plugin_name(connection.plugin_name)
+        if connection.username_template:
+            UsernameTemplate(connection.username_template)
+        check_statements(
+            "root_rotation_statements", connection.options.get("root_rotation_statements") or ()
+        )
+        policy = connection.options.get("password_policy")
+        if policy and self._passwords is not None:
+            await self._passwords.policy(policy)  # a 400 if it does not exist
+        engine = build_engine(connection)  # parses the URL: a 400 here if it is malformed
+        self._check_target_hosts(engine.target_hosts())
+        warnings: list[str] = []
+        try:
+            if connection.verify_connection:
+                try:
+                    await engine.verify_connection()
+                except BrokerError as exc:
+                    raise InvalidRequest(
+                        f"error creating database object: error verifying connection: {exc.message}"
+                    ) from exc
+                warnings = await self._admin_warnings(engine, mount, name)
+        finally:
+            await engine.close()
+        await self._storage.upsert_connection(connection)
+        await self._changed()
+        return warnings
+
+    async def _admin_warnings(self, engine: DatabaseEngine, mount: str, name: str) -> list[str]:
+        """What the admin cannot do, for the roles already written on this connection.
+        A check that itself fails is one more warning, never a refused write."""
+        statements: list[str] = []
+        for role_name in await self._storage.list_roles(mount):
+            role = await self._storage.get_role(mount, role_name)
+            if role is not None and role.db_name == name:
+                statements.extend(role.creation_statements)
+        try:
+            return await engine.check_admin(statements)
+        except BrokerError as exc:
+            return [f"could not check the admin's privileges: {exc.message}"]
+
+    def _check_target_hosts(self, hosts: tuple[str, ...]) -> None:
+        allowed = [a.strip() for a in self._settings.allowed_target_hosts.split(",") if a.strip()]
+        if not allowed:
+            return
+        for host in hosts:
+            if not host_allowed(host, allowed):
+                raise InvalidRequest(
+                    f"connection_url: host {host!r} is not in allowed_target_hosts"
+                )
+
+    async def reset_connection(self, mount: str, name: str) -> None:
+        """Vault's reset: drop this node's pool; the next use reconnects with what is
+        stored (another node's rotate-root, a password changed outside the broker)."""
+        await self.read_connection(mount, name)
+        self._engines.forget(mount, name)
+        await self._changed()
+
+    async def connection_changed(self) -> None:
+        await self._changed()
+
+    async def read_connection(self, mount: str, name: str) -> Connection:
+        connection = await self._storage.get_connection(mount, name)
+        if connection is None:
+            raise NotFound()
+        return connection
+
+    async def list_connections(self, mount: str) -> list[str]:
+        return await self._storage.list_connections(mount)
+
+    async def delete_connection(self, mount: str, name: str, *, force: bool = False) -> int:
+        """Refused (400 naming the count) while live leases need the connection for their
+        revocation (Vault deletes it and orphans their users, hashicorp/vault#9420). With
+        ``force``, those leases are revoked first, here, and the delete is refused if any
+        of them failed. Returns how many leases were revoked."""
+        revoked = 0
+        if force:
+            revoked = await self._revoke_leases_of_connection(mount, name)
+        live = await self._storage.delete_connection_unless_leased(mount, name)
+        if live:
+            hint = (
+                "they appeared while it was being deleted, or await a re-check of their "
+                "revocation; retry"
+                if force
+                else "revoke them first, or delete with force=true to revoke them now"
+            )
+            raise InvalidRequest(
+                f"connection {name!r} has {live} live lease(s) whose revocation needs it: {hint}"
+            )
+        self._engines.forget(mount, name)
+        await self._changed()
+        return revoked
+
+    async def _revoke_leases_of_connection(self, mount: str, name: str) -> int:
+        """Revoke, by id, every live lease of one connection; refuse (400) naming the
+        leases that failed, which stay queued for retry."""
+        lease_ids = await self._storage.live_leases_of_connection(mount, name)
+        semaphore = asyncio.Semaphore(max(1, self._settings.revoke_concurrency))
+        failures: list[str] = []
+
+        async def revoke(lease_id: str) -> None:
+            async with semaphore:
+                try:
+                    await self._leases.revoke(lease_id)
+                except TargetError as exc:
+                    failures.append(f"{lease_id} ({exc.message})")
+
+        await asyncio.gather(*(revoke(lease_id) for lease_id in lease_ids))
+        if failures:
+            failures.sort()
+            shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+            raise InvalidRequest(
+                f"connection {name!r} was kept: {len(failures)} of {len(lease_ids)} lease(s) "
+                f"could not be revoked and stay queued for retry: {shown}"
+            )
+        return len(lease_ids)
+
+    # -- roles ----------------------------------------------------------------------------
+
+    async def write_role(self, mount: str, name: str, update: RoleUpdate) -> list[str]:
+        """Returns warnings for the response."""
+        check_name("role", name)
+        existing = await self._storage.get_role(mount, name)
+        if existing is None:
+            if not update.db_name:
+                raise InvalidRequest("db_name is required")
+            base = Role(mount, name, update.db_name, (), (), (), (), 0, 0)
+        else:
+            base = existing
+        changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
+        role = dataclasses.replace(base, **changes)
+        for kind in ROLE_STATEMENT_KINDS:
+            check_statements(kind, getattr(role, kind))
+        if role.max_leases < 0:
+            raise InvalidRequest("max_leases cannot be negative")
+        if role.max_ttl and role.default_ttl > role.max_ttl:
+            raise InvalidRequest("default_ttl cannot be greater than max_ttl")
+        warnings = []
+        if role.max_ttl > self._settings.max_lease_ttl:
+            warnings.append(
+                f"max_ttl is greater than the system max lease TTL; "
+                f"{self._settings.max_lease_ttl}s will be used"
+            )
+        if any(_PER_TABLE_GRANT.search(s) for s in role.creation_statements):
+            warnings.append(PER_TABLE_GRANT_WARNING)
+        await self._storage.upsert_role(role)
+        await self._changed()
+        return warnings
+
+    async def read_role(self, mount: str, name: str) -> Role:
+        role = await self._storage.get_role(mount, name)
+        if role is None:
+            raise NotFound()
+        return role
+
+    async def list_roles(self, mount: str) -> list[str]:
+        return await self._storage.list_roles(mount)
+
+    async def delete_role(self, mount: str, name: str) -> None:
+        """Leases never need their role: each row keeps the revocation and renew statements
+        and the connection name it was issued with (hashicorp/vault#3464, #4782: Vault could
+        not revoke them once the role was gone). So a role with live leases may go, and a
+        role re-created under the same name does not change how old leases are revoked."""
+        await self._storage.delete_role(mount, name)
+        await self._changed()
+
+    async def _changed(self) -> None:
+        if self._contexts is not None:
+            await self._contexts.changed()

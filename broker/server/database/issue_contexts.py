@@ -1,0 +1,84 @@
+"""The role and connection behind each ``creds`` request, cached per node.
+
+Exact, not time-based: every catalog write clears this node's cache and NOTIFYs the other
+nodes, whose listeners clear theirs. A read that raced an invalidation is not stored (the
+generation check). While no listener is connected (storage down, or before start) the
+cache is bypassed and every request reads storage, as it would without a cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from broker.exceptions import StorageUnavailable
+from broker.models import Connection, Role
+from broker.server.storage.store import Storage
+
+log = logging.getLogger(__name__)
+CHANNEL = "broker_catalog"
+_RELISTEN_EVERY = 5.0
+
+IssueContext = tuple[Role, Connection | None]
+
+
+class IssueContextCache:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._entries: dict[tuple[str, str], IssueContext] = {}
+        self._generation = 0
+        self._stop: Callable[[], Awaitable[None]] | None = None
+        self._next_attempt = 0.0
+        self._starting: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._stop is not None
+
+    async def start(self) -> None:
+        self._next_attempt = time.monotonic() + _RELISTEN_EVERY
+        try:
+            self._stop = await self._storage.listen(CHANNEL, self.invalidate, self._lost)
+        except StorageUnavailable:
+            log.warning("catalog cache off until storage can be listened to")
+        self.invalidate()  # anything read before the listener existed may be stale
+
+    async def close(self) -> None:
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            await stop()
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    def _lost(self) -> None:
+        self._stop = None
+        self.invalidate()
+
+    async def get(self, mount: str, role: str) -> IssueContext | None:
+        key = (mount, role)
+        if self._stop is not None:
+            cached = self._entries.get(key)
+            if cached is not None:
+                return cached
+        elif time.monotonic() >= self._next_attempt and self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._restart())
+        generation = self._generation
+        context = await self._storage.get_issue_context(mount, role)
+        if context is not None and self._stop is not None and generation == self._generation:
+            self._entries[key] = context
+        return context
+
+    async def _restart(self) -> None:
+        try:
+            await self.start()
+        finally:
+            self._starting = None
+
+    async def changed(self) -> None:
+        """After a catalog write: clear here, tell the other nodes."""
+        self.invalidate()
+        await self._storage.notify_catalog_changed()

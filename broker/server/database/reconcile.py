@@ -1,0 +1,98 @@
+"""Orphan reconciliation: users on a target that look like the broker's but have no live
+lease (left by a bug, a restored backup of storage, or a hand-run statement).
+
+Reports by default; drops them only when asked (``broker reconcile --revoke``). A user is
+recognised by the literal prefix of the connection's user names: ``v_`` for the default
+template, the text before the first ``{{`` of a custom one (no prefix: not reconciled,
+since nothing identifies the broker's users), and by holding only the characters the
+broker's names are made of: a name with quotes or control characters was made by someone
+else, and is logged as skipped, never reported as an orphan nor dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from broker.exceptions import BrokerError
+from broker.models import Connection
+from broker.server.engines.base import RevokeUserRequest
+from broker.server.engines.registry import EngineRegistry
+from broker.server.engines.templates import is_issued_username
+from broker.server.storage.store import Storage
+
+log = logging.getLogger(__name__)
+DEFAULT_PREFIX = "v_"
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    mount: str
+    connection: str
+    username: str
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    orphans: list[Orphan]
+    revoked: list[Orphan]
+    errors: list[str]
+
+
+def username_prefix(connection: Connection) -> str:
+    if not connection.username_template:
+        return DEFAULT_PREFIX
+    return connection.username_template.split("{{", 1)[0]
+
+
+class Reconciler:
+    def __init__(self, storage: Storage, engines: EngineRegistry) -> None:
+        self._storage = storage
+        self._engines = engines
+
+    async def run(self, *, revoke: bool = False) -> ReconcileReport:
+        report = ReconcileReport([], [], [])
+        seen: set[str] = set()
+        for connection in await self._storage.list_all_connections():
+            prefix = username_prefix(connection)
+            if not prefix:
+                continue
+            engine = self._engines.get(connection)
+            try:
+                names = [n for n in await engine.list_users(prefix) if n not in seen]
+            except BrokerError as exc:
+                report.errors.append(f"{connection.mount}/{connection.name}: {exc.message}")
+                continue
+            seen.update(names)
+            for odd in [n for n in names if not is_issued_username(n)]:
+                log.warning(
+                    "reconcile skips user %r on %s/%s: not a name the broker makes",
+                    odd,
+                    connection.mount,
+                    connection.name,
+                )
+            names = [n for n in names if is_issued_username(n)]
+            live = await self._storage.live_usernames(names) if names else set()
+            for name in names:
+                if name in live:
+                    continue
+                orphan = Orphan(connection.mount, connection.name, name)
+                report.orphans.append(orphan)
+                if revoke:
+                    try:
+                        await engine.revoke_user(RevokeUserRequest(name, ()))
+                        report.revoked.append(orphan)
+                    except BrokerError as exc:
+                        report.errors.append(f"{name}: {exc.message}")
+        return report
+
+    async def report_orphans(self) -> None:
+        """The scheduled (report-only) form."""
+        report = await self.run(revoke=False)
+        for orphan in report.orphans:
+            log.warning(
+                "orphan user %s on %s/%s has no live lease",
+                orphan.username,
+                orphan.mount,
+                orphan.connection,
+            )
