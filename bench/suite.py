@@ -27,12 +27,12 @@ from bench.env import (
     loadgen,
 )
 from broker.models import NewLease
-from broker.server.database.leases import LeaseManager
+from broker.server.database.revocation import Revocations
 from broker.server.engines.registry import EngineRegistry
 from broker.server.security.seal import SealManager
 from broker.server.settings import Settings
-from broker.server.storage.migrations import apply_migrations
-from broker.server.storage.store import Storage, create_pool
+from broker.server.storage.connector import create_pool
+from broker.server.storage.stores import Stores
 
 CONCURRENCY = (1, 8, 32, 64)
 
@@ -259,7 +259,7 @@ async def storm(world: BenchWorld, quick: bool, nodes: int = 1) -> dict[str, Any
         ]
         pool = await create_pool(storage, min_size=1, max_size=2)
         try:
-            await Storage(pool).bulk_insert_leases(leases, "active")
+            await Stores.open(pool).leases.bulk_insert_leases(leases, "active")
             timeline: list[tuple[float, int]] = []
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
@@ -321,7 +321,7 @@ async def scale(world: BenchWorld, quick: bool) -> dict[str, Any]:
         storage = await world.new_storage()
         pool = await create_pool(storage, min_size=1, max_size=4)
         try:
-            await apply_migrations(pool)
+            await Stores.open(pool).migrate()
             if rows:
                 await _fill_leases(pool, rows)
         finally:
@@ -388,15 +388,15 @@ async def _never_initialise() -> str:
 
 
 async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
-    """Seconds for one LeaseManager.sweep() that revokes ``n`` due leases."""
+    """Seconds for one Revocations.sweep() that revokes ``n`` due leases."""
     names = [f"bench_sweep_{os.getpid()}_{i}" for i in range(n)]
     await _seed_roles(world, names)
     pool = await create_pool(storage, min_size=1, max_size=4)
     engines = EngineRegistry()
     try:
-        store = Storage(pool)
+        stores = Stores.open(pool)
         past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-        await store.bulk_insert_leases(
+        await stores.leases.bulk_insert_leases(
             [
                 NewLease(
                     f"database/creds/pg-group/sweep{i:019d}",
@@ -417,8 +417,8 @@ async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
         )
         # The dev servers' storage: its dev seal key derives from the dev root token.
         settings = Settings(storage_dsn=storage, seal_type="dev", root_token=TOKEN)
-        await SealManager(store, settings, _never_initialise).try_auto_unseal()
-        manager = LeaseManager(store, engines, settings)
+        await SealManager(stores.keyring, settings, _never_initialise).try_auto_unseal()
+        manager = Revocations(stores.leases, stores.catalog, engines, settings)
         started = time.perf_counter()
         result = await manager.sweep()
         seconds = time.perf_counter() - started

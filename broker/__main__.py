@@ -1,3 +1,5 @@
+"""``python -m broker``: the same command as ``broker``."""
+
 from broker.cli import main
 
 raise SystemExit(main())

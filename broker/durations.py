@@ -33,7 +33,7 @@ def parse_duration(value: object, field: str) -> int:
         seconds = value
     elif isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             seconds = int(text)
         else:
             pos, seconds = 0, 0.0

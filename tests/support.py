@@ -178,7 +178,7 @@ async def wait_healthy(session: aiohttp.ClientSession, address: str, within: flo
     await eventually(healthy, within=within, interval=0.2)
 
 
-async def unseal_for_test(storage: Any) -> None:
+async def unseal_for_test(stores: Any) -> None:
     """Domain-level tests that write connections need an open barrier: initialise the
     fresh storage and unseal it with the suite's auto-unseal key (see conftest)."""
     from broker.server.auth.tokens import TokenManager
@@ -187,7 +187,7 @@ async def unseal_for_test(storage: Any) -> None:
 
     settings = Settings(seal_type="env", auto_init=True)
     await SealManager(
-        storage, settings, TokenManager(storage, settings).create_root
+        stores.keyring, settings, TokenManager(stores.auth, settings).create_root
     ).try_auto_unseal()
 
 

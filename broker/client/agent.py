@@ -19,6 +19,7 @@ Config (TOML)::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -34,6 +35,20 @@ from broker.client.http import BrokerClient, ClientError, issue_in_thread, revok
 from broker.client.session_env import database_url, endpoint_of, environment, pgpass_line
 
 FORMATS = ("env", "json", "dsn", "pgpass")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    agent = sub.add_parser(
+        "agent",
+        help="keep credential files fresh for programs that cannot call HTTP",
+        description="Example: broker agent --config agent.toml (renews; re-issues only near "
+        "max_ttl, then revokes what it replaced and runs the reload command)",
+    )
+    agent.add_argument("--config", required=True, help="TOML with [[template]] entries")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(run_agent(args.config))
 
 
 @dataclass(frozen=True, slots=True)

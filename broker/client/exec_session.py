@@ -7,6 +7,7 @@ on a command line where ``ps`` would show it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -19,6 +20,51 @@ from broker.client.session_env import Endpoint, endpoint_of, environment
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _STOPPING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    exec_ = sub.add_parser(
+        "exec",
+        help="run a command with a fresh login in its environment; revoke it when it exits",
+        description="Example: broker exec readonly -- psql -c 'select 1'. Sets PG*/MYSQL_* "
+        "and DATABASE_URL, renews the lease while the command runs, forwards signals, and "
+        "exits with the command's status.",
+    )
+    exec_.add_argument("role")
+    exec_.add_argument("--mount", default="database")
+    exec_.add_argument(
+        "command_argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run"
+    )
+    connect = sub.add_parser(
+        "connect",
+        help="open psql or mysql with a fresh login, revoked when the session ends",
+        description="Example: broker connect readonly (arguments after -- go to the client)",
+    )
+    connect.add_argument("role")
+    connect.add_argument("--mount", default="database")
+    connect.add_argument("client_args", nargs=argparse.REMAINDER, help="-- ARGS for psql/mysql")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``exec`` runs the command after ``--``; ``connect`` the database's own client, with
+    the arguments after ``--``."""
+
+    def strip(argv: list[str]) -> list[str]:
+        return argv[1:] if argv[:1] == ["--"] else argv
+
+    if args.command == "exec":
+        argv = strip(args.command_argv)
+        if not argv:
+            print("error: give the command after --", file=sys.stderr)
+            return 2
+        return asyncio.run(
+            run_with_credentials(BrokerClient.from_env(), args.mount, args.role, argv, [])
+        )
+    return asyncio.run(
+        run_with_credentials(
+            BrokerClient.from_env(), args.mount, args.role, None, strip(args.client_args)
+        )
+    )
 
 
 def client_command(endpoint: Endpoint, username: str, extra: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -30,9 +31,10 @@ from broker.server.database.issue_contexts import IssueContextCache
 from broker.server.database.leases import LeaseManager
 from broker.server.database.password_policies import PasswordPolicyStore
 from broker.server.database.reconcile import Reconciler
+from broker.server.database.revocation import Revocations
 from broker.server.database.rotation import Rotations
 from broker.server.engines.registry import EngineRegistry
-from broker.server.jobs import SweepScheduler
+from broker.server.jobs import BackgroundJobs
 from broker.server.metrics import Metrics
 from broker.server.nodes import NodeIdentity, NodeRegistry
 from broker.server.security.audit import Auditor
@@ -40,8 +42,8 @@ from broker.server.security.ratelimit import RateLimiter
 from broker.server.security.seal import SealManager
 from broker.server.settings import Settings
 from broker.server.storage.barrier import Barrier
-from broker.server.storage.migrations import apply_migrations
-from broker.server.storage.store import Storage, create_pool
+from broker.server.storage.connector import create_pool
+from broker.server.storage.stores import Stores
 
 __all__ = ["create_app", "parse_listen_address", "start_server"]
 log = logging.getLogger(__name__)
@@ -51,134 +53,156 @@ def create_app(settings: Settings) -> web.Application:
     return build_app(settings, _services_ctx(settings))
 
 
+@dataclass(frozen=True, slots=True)
+class _Server:
+    """What assembly built: the API's ``Services``, and the parts only assembly touches
+    (storage, the engines, the issuance cache, the reconciler, the background jobs)."""
+
+    services: Services
+    stores: Stores
+    engines: EngineRegistry
+    contexts: IssueContextCache
+    reconciler: Reconciler
+    jobs: BackgroundJobs
+
+
 def _services_ctx(
     settings: Settings,
 ) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings.storage_dsn, max_size=settings.storage_pool_size)
-        engines = EngineRegistry()
-        scheduler: SweepScheduler | None = None
-        services: Services | None = None
-        contexts: IssueContextCache | None = None
-        stop_auth_listener: Callable[[], Awaitable[None]] | None = None
-        try:
+        # Each part registers its teardown once built; they run in reverse on shutdown (or
+        # on a failed start): jobs stop first, the storage pool closes last.
+        async with contextlib.AsyncExitStack() as teardown:
+            pool = await create_pool(settings.storage_dsn, max_size=settings.storage_pool_size)
+            teardown.push_async_callback(pool.close)
+            engines = EngineRegistry()
+            teardown.push_async_callback(engines.close)
+            stores = Stores.open(pool, Barrier())
             if settings.apply_migrations:
-                await apply_migrations(pool)
-            storage = Storage(pool, Barrier())
-            contexts = IssueContextCache(storage)
-            await contexts.start()
-            metrics = Metrics()
-            passwords = PasswordPolicyStore(storage)
-            identity = NodeIdentity.from_settings(settings)
-            leases = LeaseManager(
-                storage,
-                engines,
-                settings,
-                contexts,
-                metrics,
-                passwords,
-                claim_owner=identity.instance_id,
-            )
-            catalog = Catalog(storage, engines, leases, settings, contexts, passwords)
-            await catalog.refresh_mounts()
-            scheduler = SweepScheduler(leases, settings.sweep_interval)
-            nodes = NodeRegistry(storage, identity, settings.heartbeat_interval)
-            reconciler = Reconciler(storage, engines)
-            tokens = TokenManager(storage, settings, scheduler.kick)
-            seal = SealManager(storage, settings, tokens.create_root)
-            auth_methods = AuthMethods(storage)
-            auditor = Auditor(
-                storage,
-                identity.node_id,
-                settings.audit_file_dirs,
-                settings.allow_api_audit_creation,
-            )
-            rotations = Rotations(storage, engines, passwords)
-            services = Services(
-                settings,
-                storage,
-                catalog,
-                leases,
-                scheduler,
-                nodes,
-                reconciler,
-                engines,
-                metrics,
-                seal=seal,
-                tokens=tokens,
-                policies=PolicyStore(storage),
-                auth_methods=auth_methods,
-                approle=AppRoleManager(storage, tokens),
-                auditor=auditor,
-                address_limits=RateLimiter(
-                    settings.rate_limit_per_address, settings.rate_limit_burst
-                ),
-                token_limits=RateLimiter(settings.rate_limit_per_token, settings.rate_limit_burst),
-                contexts=contexts,
-                rotations=rotations,
-                passwords=passwords,
-                wrapper=Wrapper(storage),
-            )
-            app[SERVICES] = services
-            stop_auth_listener = await _listen_auth_changes(services)
-
-            async def unsealed() -> None:
-                await auth_methods.refresh()
-                await auditor.refresh()
-                moved = await storage.reencrypt_connections()
-                if moved:
-                    log.info("re-encrypted %d connection password(s) under the active key", moved)
-                await rotations.finish_root_rotations()
-
-            seal.on_unseal(unsealed)
-            for drop in (engines.forget_all, tokens.invalidate, contexts.invalidate):
-                seal.on_seal(drop)
-            await seal.try_auto_unseal()
-            await nodes.heartbeat()
-            scheduler.add_periodic("heartbeat", nodes.heartbeat, settings.heartbeat_interval)
-            scheduler.add_periodic("token-expiry", _when_unsealed(seal, tokens.revoke_expired), 5)
-            scheduler.add_periodic("token-orphaned-leases", tokens.revoke_orphaned_leases, 60)
-            scheduler.add_periodic(
-                "reencrypt", _when_unsealed(seal, storage.reencrypt_connections), 300
-            )
-            scheduler.add_periodic("audit-devices", _when_unsealed(seal, auditor.refresh), 30)
-            scheduler.add_periodic("tidy", leases.tidy, settings.tidy_interval)
-            scheduler.add_periodic(
-                "static-rotations",
-                _when_unsealed(seal, rotations.rotate_due),
-                settings.rotation_check_interval,
-            )
-            scheduler.add_periodic(
-                "root-rotations", _when_unsealed(seal, rotations.finish_root_rotations), 60
-            )
-            if settings.reconcile_interval > 0:
-                scheduler.add_periodic(
-                    "reconcile",
-                    _when_unsealed(seal, reconciler.report_orphans),
-                    settings.reconcile_interval,
-                )
-            scheduler.start()
-            yield
-        finally:
+                await stores.migrate()
+            server = await _build_server(settings, stores, engines, teardown)
+            teardown.push_async_callback(_leave, server.services)
+            app[SERVICES] = server.services
+            stop_auth_listener = await _listen_auth_changes(server)
+            if stop_auth_listener is not None:
+                teardown.push_async_callback(stop_auth_listener)
+            _hook_seal(server)
+            await server.services.seal.try_auto_unseal()
+            await server.services.nodes.heartbeat()
+            _register_jobs(server, settings)
             # In-flight requests have had their grace (the runner's shutdown_timeout); now
             # the sweep gets its own, then whatever it still holds goes back to the queue.
-            if scheduler is not None:
-                await scheduler.stop(settings.shutdown_timeout)
-            if stop_auth_listener is not None:
-                await stop_auth_listener()
-            if services is not None:
-                with contextlib.suppress(BrokerError):
-                    released = await services.leases.release_claims()
-                    if released:
-                        log.info("released %d unfinished revocation claim(s)", released)
-                    await services.nodes.leave()
-                services.seal.seal()
-            if contexts is not None:
-                await contexts.close()
-            await engines.close()
-            await pool.close()
+            teardown.push_async_callback(server.jobs.stop, settings.shutdown_timeout)
+            server.jobs.start()
+            yield
 
     return contextlib.asynccontextmanager(services_ctx)
+
+
+async def _build_server(
+    settings: Settings,
+    stores: Stores,
+    engines: EngineRegistry,
+    teardown: contextlib.AsyncExitStack,
+) -> _Server:
+    """Construct the domain objects, each given only the store(s) it calls."""
+    contexts = IssueContextCache(stores.catalog)
+    await contexts.start()
+    teardown.push_async_callback(contexts.close)
+    metrics = Metrics()
+    passwords = PasswordPolicyStore(stores.catalog)
+    identity = NodeIdentity.from_settings(settings)
+    revocations = Revocations(
+        stores.leases, stores.catalog, engines, settings, metrics, claim_owner=identity.instance_id
+    )
+    leases = LeaseManager(
+        stores.leases, stores.catalog, engines, settings, revocations, contexts, metrics, passwords
+    )
+    catalog = Catalog(stores.catalog, engines, revocations, settings, contexts, passwords)
+    await catalog.refresh_mounts()
+    jobs = BackgroundJobs(revocations, settings.sweep_interval)
+    tokens = TokenManager(stores.auth, settings, jobs.sweep_soon)
+    services = Services(
+        catalog=catalog,
+        leases=leases,
+        revocations=revocations,
+        rotations=Rotations(stores.catalog, engines, passwords),
+        passwords=passwords,
+        sweep_soon=jobs.sweep_soon,
+        tokens=tokens,
+        policies=PolicyStore(stores.auth),
+        auth_methods=AuthMethods(stores.auth),
+        approle=AppRoleManager(stores.auth, tokens),
+        wrapper=Wrapper(stores.auth),
+        seal=SealManager(stores.keyring, settings, tokens.create_root),
+        auditor=Auditor(
+            stores.audit,
+            identity.node_id,
+            settings.audit_file_dirs,
+            settings.allow_api_audit_creation,
+        ),
+        address_limits=RateLimiter(settings.rate_limit_per_address, settings.rate_limit_burst),
+        token_limits=RateLimiter(settings.rate_limit_per_token, settings.rate_limit_burst),
+        nodes=NodeRegistry(stores.nodes, identity, settings.heartbeat_interval),
+        metrics=metrics,
+    )
+    reconciler = Reconciler(stores.catalog, stores.leases, engines)
+    return _Server(services, stores, engines, contexts, reconciler, jobs)
+
+
+def _hook_seal(server: _Server) -> None:
+    """On unseal, load what the keyring guards and finish interrupted work; on seal, drop
+    every cached secret (target pools, tokens, issuance contexts)."""
+    services = server.services
+
+    async def unsealed() -> None:
+        await services.auth_methods.refresh()
+        await services.auditor.refresh()
+        moved = await server.stores.keyring.reencrypt_connections()
+        if moved:
+            log.info("re-encrypted %d connection password(s) under the active key", moved)
+        await services.rotations.finish_root_rotations()
+
+    services.seal.on_unseal(unsealed)
+    for drop in (server.engines.forget_all, services.tokens.invalidate, server.contexts.invalidate):
+        services.seal.on_seal(drop)
+
+
+def _register_jobs(server: _Server, settings: Settings) -> None:
+    """The periodic jobs besides the sweep; those that need the keyring skip while sealed."""
+    services, jobs, seal = server.services, server.jobs, server.services.seal
+    jobs.add_periodic("heartbeat", services.nodes.heartbeat, settings.heartbeat_interval)
+    jobs.add_periodic("token-expiry", _when_unsealed(seal, services.tokens.revoke_expired), 5)
+    jobs.add_periodic("token-orphaned-leases", services.tokens.revoke_orphaned_leases, 60)
+    reencrypt = server.stores.keyring.reencrypt_connections
+    jobs.add_periodic("reencrypt", _when_unsealed(seal, reencrypt), 300)
+    jobs.add_periodic("audit-devices", _when_unsealed(seal, services.auditor.refresh), 30)
+    jobs.add_periodic("tidy", services.revocations.tidy, settings.tidy_interval)
+    jobs.add_periodic("tidy-wrapped-responses", services.wrapper.tidy, settings.tidy_interval)
+    jobs.add_periodic(
+        "static-rotations",
+        _when_unsealed(seal, services.rotations.rotate_due),
+        settings.rotation_check_interval,
+    )
+    jobs.add_periodic(
+        "root-rotations", _when_unsealed(seal, services.rotations.finish_root_rotations), 60
+    )
+    if settings.reconcile_interval > 0:
+        jobs.add_periodic(
+            "reconcile",
+            _when_unsealed(seal, server.reconciler.report_orphans),
+            settings.reconcile_interval,
+        )
+
+
+async def _leave(services: Services) -> None:
+    """Shutting down: hand back unfinished revocation claims, leave the cluster, seal."""
+    with contextlib.suppress(BrokerError):
+        released = await services.revocations.release_claims()
+        if released:
+            log.info("released %d unfinished revocation claim(s)", released)
+        await services.nodes.leave()
+    services.seal.seal()
 
 
 def _when_unsealed(
@@ -190,15 +214,16 @@ def _when_unsealed(
     return run
 
 
-async def _listen_auth_changes(services: Services) -> Callable[[], Awaitable[None]] | None:
+async def _listen_auth_changes(server: _Server) -> Callable[[], Awaitable[None]] | None:
     """Tokens, policies, audit devices or the keyring changed on another node: drop what
     this node cached (the caches also expire within seconds, should a notification be
     lost; the re-encrypt job reloads the keyring every five minutes)."""
+    services, stores = server.services, server.stores
     refreshing: set[asyncio.Task[None]] = set()
 
     async def refresh() -> None:
         with contextlib.suppress(BrokerError):
-            await services.storage.reload_keyring()  # a rotation on another node
+            await stores.keyring.reload_keyring()  # a rotation on another node
             await services.auditor.refresh()
 
     def changed() -> None:
@@ -210,7 +235,7 @@ async def _listen_auth_changes(services: Services) -> Callable[[], Awaitable[Non
             task.add_done_callback(refreshing.discard)
 
     try:
-        return await services.storage.listen("broker_auth", changed, services.tokens.invalidate)
+        return await stores.auth.listen_changes(changed, services.tokens.invalidate)
     except BrokerError:
         log.warning("not listening for auth changes; caches expire on their own")
         return None

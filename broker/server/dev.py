@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import tempfile
 import urllib.parse
+from collections.abc import Awaitable
 
 import asyncpg
 
+from broker.exceptions import NotFound
 from broker.server.database.catalog import Catalog, ConnectionUpdate, RoleUpdate
 from broker.server.engines.base import ConnectionConfig
 from broker.server.engines.postgres import connect_arguments
-from broker.server.storage.store import Storage
 
 DEMO_DATABASE = "broker_demo"
 DEMO_GROUP_ROLE = "broker_demo_readers"
@@ -82,12 +83,12 @@ async def _prepare_demo_database(admin_dsn: str) -> None:
         await demo.close()
 
 
-async def ensure_demo(storage: Storage, catalog: Catalog, admin_dsn: str) -> None:
-    async with storage.setup_lock():
+async def ensure_demo(catalog: Catalog, admin_dsn: str) -> None:
+    async with catalog.setup_lock():
         await _prepare_demo_database(admin_dsn)
-        if await storage.get_mount(DEMO_MOUNT) is None:
+        if not await _exists(catalog.get_mount(DEMO_MOUNT)):
             await catalog.enable_mount(DEMO_MOUNT, "database", "dev-mode database secrets engine")
-        if await storage.get_connection(DEMO_MOUNT, DEMO_CONNECTION) is None:
+        if not await _exists(catalog.read_connection(DEMO_MOUNT, DEMO_CONNECTION)):
             url, user, password = demo_connection_url(admin_dsn)
             await catalog.write_connection(
                 DEMO_MOUNT,
@@ -100,7 +101,7 @@ async def ensure_demo(storage: Storage, catalog: Catalog, admin_dsn: str) -> Non
                     allowed_roles=(DEMO_ROLE,),
                 ),
             )
-        if await storage.get_role(DEMO_MOUNT, DEMO_ROLE) is None:
+        if not await _exists(catalog.read_role(DEMO_MOUNT, DEMO_ROLE)):
             await catalog.write_role(
                 DEMO_MOUNT,
                 DEMO_ROLE,
@@ -111,3 +112,12 @@ async def ensure_demo(storage: Storage, catalog: Catalog, admin_dsn: str) -> Non
                     max_ttl=86400,
                 ),
             )
+
+
+async def _exists(read: Awaitable[object]) -> bool:
+    """Whether a catalog read finds its entry (the catalog answers NotFound otherwise)."""
+    try:
+        await read
+    except NotFound:
+        return False
+    return True

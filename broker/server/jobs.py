@@ -1,4 +1,5 @@
-"""The periodic expiry sweep on APScheduler."""
+"""The node's background jobs on APScheduler: the lease expiry sweep, and the periodic
+housekeeping (heartbeat, token expiry, tidy, rotations...) that assembly registers."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from collections.abc import Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from broker.server.database.leases import LeaseManager, SweepResult
+from broker.server.database.revocation import Revocations, SweepResult
 
 log = logging.getLogger(__name__)
 _JOB_ID = "sweep-expired-leases"
 
 
-class SweepScheduler:
-    """The expiry sweep, plus the periodic housekeeping jobs other modules register."""
+class BackgroundJobs:
+    """Every periodic job of this node: the expiry sweep it owns (which a request can
+    hurry with ``sweep_soon``), plus the jobs registered with ``add_periodic``."""
 
-    def __init__(self, leases: LeaseManager, interval: float) -> None:
-        self._leases = leases
+    def __init__(self, revocations: Revocations, interval: float) -> None:
+        self._revocations = revocations
         self._interval = interval
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
 
@@ -55,7 +57,7 @@ class SweepScheduler:
         )
         self._scheduler.start()
 
-    def kick(self) -> None:
+    def sweep_soon(self) -> None:
         """Run the sweep as soon as possible (after an asynchronous revocation request)."""
         job = self._scheduler.get_job(_JOB_ID)
         if job is not None:
@@ -63,7 +65,7 @@ class SweepScheduler:
 
     async def _run(self) -> SweepResult | None:
         try:
-            result = await self._leases.sweep()
+            result = await self._revocations.sweep()
         except Exception:  # the job must survive a storage outage and run again
             log.exception("expiry sweep failed")
             return None
@@ -82,5 +84,5 @@ class SweepScheduler:
         if not self._scheduler.running:
             return
         self._scheduler.pause()
-        await self._leases.wait_for_sweep(grace_seconds)
+        await self._revocations.wait_for_sweep(grace_seconds)
         self._scheduler.shutdown(wait=False)

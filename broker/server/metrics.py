@@ -91,6 +91,26 @@ class Metrics:
             registry=r,
         )
 
+    def set_scrape_gauges(
+        self,
+        lease_counts: Iterable[tuple[str, str, str, int]],
+        failing: int,
+        backlog: int,
+        pools: Iterable[tuple[str, str, dict[str, int]]],
+    ) -> None:
+        """Replace the gauges read at scrape time: lease rows by (state, mount, role), the
+        failing and due leases, and each target pool's connections by state. Labels that
+        are gone (a deleted role, a closed pool) go with them."""
+        self.leases.clear()
+        for state, mount, role, count in lease_counts:
+            self.leases.labels(state, mount, role).set(count)
+        self.failing.set(failing)
+        self.backlog.set(backlog)
+        self.pool.clear()
+        for mount, connection, stats in pools:
+            for state, value in stats.items():
+                self.pool.labels(mount, connection, state).set(value)
+
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 

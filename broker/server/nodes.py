@@ -17,7 +17,7 @@ from typing import Any
 import broker
 from broker.server.secrets_gen import random_string
 from broker.server.settings import Settings
-from broker.server.storage.store import Storage
+from broker.server.storage.nodes import NodeStore
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class NodeIdentity:
 
 
 class NodeRegistry:
-    def __init__(self, storage: Storage, identity: NodeIdentity, heartbeat_interval: float):
-        self._storage = storage
+    def __init__(self, store: NodeStore, identity: NodeIdentity, heartbeat_interval: float):
+        self._store = store
         self.identity = identity
         self._interval = heartbeat_interval
 
@@ -61,18 +61,18 @@ class NodeRegistry:
         """Say this node is alive, and hand back the claims of nodes that are not (two
         small statements; the second reads an index of claimed rows only)."""
         identity = self.identity
-        released = await self._storage.release_dead_claims(
+        released = await self._store.release_dead_claims(
             identity.node_id, identity.instance_id, self._interval * DEAD_AFTER_INTERVALS
         )
         if released:
             log.warning("took over %d revocation claim(s) of dead node(s)", released)
-        await self._storage.heartbeat(
+        await self._store.heartbeat(
             identity.node_id, identity.api_address, broker.__version__, identity.instance_id
         )
 
     async def live_nodes(self) -> list[dict[str, Any]]:
         """Nodes whose last heartbeat is within three intervals."""
-        return await self._storage.live_nodes(self._interval * DEAD_AFTER_INTERVALS)
+        return await self._store.live_nodes(self._interval * DEAD_AFTER_INTERVALS)
 
     async def leave(self) -> None:
-        await self._storage.remove_node(self.identity.node_id)
+        await self._store.remove_node(self.identity.node_id)

@@ -20,7 +20,7 @@ import pytest
 import yarl
 
 from broker.server.assembly import start_server
-from broker.server.security.audit import verify_lines
+from broker.server.security.audit_chain import verify_lines
 from broker.server.settings import Settings
 from tests.conftest import TOKEN, PgCluster, own_broker_settings
 from tests.support import VaultHTTP

@@ -14,11 +14,12 @@ import asyncpg
 from broker.models import NewLease
 from broker.server.database.catalog import Catalog, ConnectionUpdate, RoleUpdate
 from broker.server.database.leases import LeaseManager
+from broker.server.database.revocation import Revocations
 from broker.server.engines.registry import EngineRegistry
 from broker.server.settings import Settings
+from broker.server.storage.connector import create_pool
 from broker.server.storage.embedded import free_port
-from broker.server.storage.migrations import apply_migrations
-from broker.server.storage.store import Storage, create_pool
+from broker.server.storage.stores import Stores
 from tests.conftest import MYSQL_READONLY, PgCluster, RunningBroker, create_database
 from tests.support import (
     ROOT,
@@ -92,11 +93,12 @@ async def test_revoke_expired_sweeps_once_and_reports_failures(pg_target: PgClus
     pool = await create_pool(storage_dsn)
     engines = EngineRegistry()
     try:
-        await apply_migrations(pool)
-        storage = Storage(pool)
-        await unseal_for_test(storage)
-        leases = LeaseManager(storage, engines, settings)
-        catalog = Catalog(storage, engines, leases, settings)
+        stores = Stores.open(pool)
+        await stores.migrate()
+        await unseal_for_test(stores)
+        revocations = Revocations(stores.leases, stores.catalog, engines, settings)
+        leases = LeaseManager(stores.leases, stores.catalog, engines, settings, revocations)
+        catalog = Catalog(stores.catalog, engines, revocations, settings)
         await catalog.enable_mount("database", "database")
         await catalog.write_connection(
             "database",
@@ -136,7 +138,7 @@ async def test_revoke_expired_sweeps_once_and_reports_failures(pg_target: PgClus
             ),
         )
         now = dt.datetime.now(dt.UTC)
-        await storage.bulk_insert_leases(
+        await stores.leases.bulk_insert_leases(
             [
                 NewLease(
                     "database/creds/brkt-cron/unreachable000000000000",
@@ -159,7 +161,7 @@ async def test_revoke_expired_sweeps_once_and_reports_failures(pg_target: PgClus
         )
         assert failed.returncode == 1
         assert "0 lease(s), 1 failed" in failed.stdout
-        lease = await storage.get_lease("database/creds/brkt-cron/unreachable000000000000")
+        lease = await stores.leases.get_lease("database/creds/brkt-cron/unreachable000000000000")
         assert lease is not None and lease.state == "revoking" and lease.attempts == 1
         assert lease.last_error and "connect" in lease.last_error
     finally:

@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 
 from broker.models import NewLease
-from broker.server.storage.store import Storage
+from broker.server.storage.stores import Stores
 from tests.conftest import PG_READONLY, TOKEN, RunningBroker
 from tests.support import eventually
 
@@ -66,7 +66,7 @@ async def test_metrics_follow_issuance_revocation_and_failures(broker: RunningBr
     pool = await asyncpg.create_pool(broker.settings.storage_dsn, min_size=1, max_size=1)
     now = dt.datetime.now(dt.UTC)
     try:
-        await Storage(pool).bulk_insert_leases(
+        await Stores.open(pool).leases.bulk_insert_leases(
             [
                 NewLease(
                     "database/creds/brkt-metrics/deadtargetlease000000000",

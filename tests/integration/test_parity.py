@@ -13,7 +13,8 @@ import hvac.exceptions
 import pytest
 
 from broker.models import NewLease
-from broker.server.storage.store import Storage, create_pool
+from broker.server.storage.connector import create_pool
+from broker.server.storage.stores import Stores
 from tests.conftest import PG_READONLY, PgCluster, RunningBroker
 from tests.support import ISSUED_PASSWORDS, pg_logs_in
 
@@ -152,7 +153,7 @@ async def test_response_wrapping_hands_credentials_over_once(
 async def test_tidy_removes_old_finished_leases_only(broker: RunningBroker) -> None:
     pool = await create_pool(broker.settings.storage_dsn, min_size=1, max_size=2)
     try:
-        storage = Storage(pool)
+        storage = Stores.open(pool).leases
         old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
         leases = [
             NewLease(

@@ -277,3 +277,87 @@ async def test_a_bad_wrap_ttl_is_refused_before_any_login_is_made(
     assert await _issued_roles(pg_target) == before_roles
     after_leases = await http.list("sys/leases/lookup/database/creds/brkt-pg-ro/")
     assert set(after_leases.body.get("data", {}).get("keys", [])) == keys_before
+
+
+# -- found in review: listing needs sudo, lookup names no token, capabilities as enforced ----
+
+
+async def test_listing_lease_ids_needs_sudo_as_in_vault(broker: RunningBroker) -> None:
+    http = broker.http
+    lease_id = (await http.creds("brkt-pg-ro")).body["lease_id"]
+    plain = await _policy_token(
+        http,
+        'path "sys/leases/lookup/*" { capabilities = ["list", "update"] }\n'
+        'path "sys/leases/lookup" { capabilities = ["update"] }\n'
+        'path "sys/leases" { capabilities = ["read"] }',
+    )
+    as_plain = VaultHTTP(http.session, http.address, plain)
+    assert (await as_plain.list("sys/leases/lookup/database/creds/brkt-pg-ro/")).status == 403
+    assert (await as_plain.list("sys/leases/lookup/")).status == 403
+    assert (await as_plain.read("sys/leases")).status == 403
+    # Looking one lease up by its id needs no sudo, and names no token.
+    looked = await as_plain.write("sys/leases/lookup", {"lease_id": lease_id})
+    assert looked.status == 200, looked.body
+    assert "token_accessor" not in looked.data
+    with_sudo = await _policy_token(
+        http, 'path "sys/leases/lookup/*" { capabilities = ["list", "sudo"] }'
+    )
+    as_sudo = VaultHTTP(http.session, http.address, with_sudo)
+    listed = await as_sudo.list("sys/leases/lookup/database/creds/brkt-pg-ro/")
+    assert listed.status == 200 and lease_id.rsplit("/", 1)[1] in listed.data["keys"]
+    assert (await http.write(f"sys/leases/revoke/{lease_id}")).status == 204
+
+
+async def test_capabilities_agree_with_enforcement(broker: RunningBroker) -> None:
+    http = broker.http
+    victim = "brkt-capvictim-" + secrets.token_hex(3)
+    token = await _policy_token(
+        http,
+        'path "sys/policy/*" { capabilities = ["update", "read", "delete"] }\n'
+        f'path "sys/policy/{victim}" {{ capabilities = ["deny"] }}\n'
+        'path "sys/mounts/*" { capabilities = ["update", "delete", "sudo"] }\n'
+        'path "sys/mounts/brkt-capdb" { capabilities = ["deny"] }\n'
+        'path "database/roles/" { capabilities = ["list"] }',
+    )
+    asked = [
+        f"sys/policy/{victim.upper()}",
+        "sys/mounts/brkt-capdb/",
+        "sys/mounts//brkt-capdb",
+        "database/roles",
+        "database/roles/",
+    ]
+    reply = await http.write("sys/capabilities", {"token": token, "paths": asked})
+    assert reply.status == 200, reply.body
+    assert reply.body[f"sys/policy/{victim.upper()}"] == ["deny"]
+    assert reply.body["sys/mounts/brkt-capdb/"] == ["deny"]
+    assert reply.body["sys/mounts//brkt-capdb"] == ["deny"]
+    assert reply.body["database/roles"] == ["list"]
+    assert reply.body["database/roles/"] == ["list"]
+    as_token = VaultHTTP(http.session, http.address, token)
+    assert (await as_token.list("database/roles")).status == 200
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_400(broker: RunningBroker) -> None:
+    reply = await broker.http.call(
+        "PUT",
+        "sys/policy/brkt-gzip",
+        raw=b"this is not gzip",
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert reply.status == 400, reply.body
+    assert (await broker.http.read("sys/policy/brkt-gzip")).status == 404
+
+
+async def test_a_conflicting_write_names_no_stored_value(
+    broker: RunningBroker, approle_mount: str
+) -> None:
+    """Storage errors carry PostgreSQL's detail (``Key (mount, role_id)=(..., <the other
+    role's id>)``): the answer is a 400 that names the constraint, never the value."""
+    http = broker.http
+    for name in ("first", "second"):
+        reply = await http.write(f"auth/{approle_mount}/role/{name}", {"token_policies": "default"})
+        assert reply.status == 204, reply.body
+    taken = (await http.read(f"auth/{approle_mount}/role/first/role-id")).data["role_id"]
+    reply = await http.write(f"auth/{approle_mount}/role/second/role-id", {"role_id": taken})
+    assert reply.status == 400, reply.body
+    assert taken not in str(reply.body)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.exceptions import InvalidRequest
-from broker.server.api.paths import canonical_path, judged_form
+from broker.server.api.paths import CASE_INSENSITIVE_PREFIXES, canonical_path, judged_form
 from broker.server.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
 from broker.server.api.routing import Operation, Route, match
 from broker.server.auth.acl import ACL, parse_policy
@@ -135,3 +135,13 @@ def test_list_paths_keep_one_trailing_slash_others_none() -> None:
     assert canonical_path("/sys/policies/acl//", listing=True) == "sys/policies/acl/"
     assert canonical_path("sys/mounts/tmpdb/", listing=False) == "sys/mounts/tmpdb"
     assert canonical_path("", listing=True) == ""
+
+
+def test_case_insensitive_routes_and_prefixes_agree() -> None:
+    """sys/capabilities lower-cases by prefix, dispatch by route: they must be the same."""
+    flagged = {prefix + route.template for prefix, _, route in ROUTES if route.case_insensitive}
+    assert flagged
+    for template in flagged:
+        assert template.startswith(CASE_INSENSITIVE_PREFIXES), template
+    for wanted in CASE_INSENSITIVE_PREFIXES:
+        assert any(t.startswith(wanted) for t in flagged), wanted

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.server.database.leases import backoff_seconds
+from broker.server.database.revocation import backoff_seconds
 from broker.server.redaction import REDACTED, redact
 from broker.server.secrets_gen import generate_password, lease_suffix
 from broker.server.settings import Settings
@@ -13,21 +13,33 @@ from broker.server.storage import sql
 
 
 def test_every_query_block_parses_and_is_used() -> None:
-    queries = sql.queries()
-    assert queries
-    storage_source = "".join(
-        path.read_text() for path in Path("broker/server/storage").rglob("*.py")
-    )
-    for name in queries:
-        used = f'"{name}"' in storage_source or name in (
-            "create_migrations_table",
-            "migration_lock",
-            "applied_migrations",
-            "record_migration",
-        )
-        assert used, f"query {name} is never used"
+    """Each ``sql/<file>.sql`` belongs to ``storage/<file>.py``: every block is run by that
+    module, by name, and no module names another file's block (block names are unique
+    across files, which ``all_queries`` checks)."""
+    by_file = sql.all_queries()
+    assert set(by_file) == set(sql.QUERY_FILES)
+    storage = Path("broker/server/storage")
+    sources = {file: (storage / f"{file}.py").read_text() for file in by_file}
+    for file, queries in by_file.items():
+        assert queries, f"{file}.sql has no queries"
+        for name in queries:
+            assert f'"{name}"' in sources[file], f"query {name} of {file}.sql is never used"
+            others = [other for other, source in sources.items() if other != file]
+            assert not [o for o in others if f'"{name}"' in sources[o]], (
+                f"query {name} of {file}.sql is run outside storage/{file}.py"
+            )
     with pytest.raises(ValueError, match="twice"):
         sql.parse_blocks("-- a --\nSELECT 1\n-- a --\nSELECT 2")
+
+
+def test_each_store_reads_its_own_query_file() -> None:
+    from broker.server.storage import stores
+    from broker.server.storage.connector import Store
+
+    assert len(Store.__subclasses__()) == len(stores.Stores.__dataclass_fields__) - 1
+    for cls in Store.__subclasses__():
+        module = cls.__module__.rsplit(".", 1)[-1]
+        assert module == cls.QUERY_FILE, f"{cls.__name__} reads {cls.QUERY_FILE}.sql"
 
 
 def test_migrations_are_numbered() -> None:

@@ -1,4 +1,4 @@
-"""``catalog.public_endpoint``: where a connection's logins go, and never the admin login
+"""``endpoints.public_endpoint``: where a connection's logins go, and never the admin login
 written into its URL (userinfo, ``user=``/``password=`` parameters, filled placeholders)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.models import Connection
-from broker.server.database.catalog import public_endpoint
+from broker.server.database.endpoints import public_endpoint
 
 
 def _connection(plugin: str, url: str) -> Connection:

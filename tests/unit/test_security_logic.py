@@ -16,7 +16,13 @@ from broker.exceptions import (
     TooManyRequests,
 )
 from broker.server.auth.acl import ACL, parse_policy
-from broker.server.security.audit import GENESIS, hash_values, line_hash, render_line, verify_lines
+from broker.server.security.audit_chain import (
+    GENESIS,
+    hash_values,
+    line_hash,
+    render_line,
+    verify_lines,
+)
 from broker.server.security.ratelimit import RateLimiter
 from broker.server.storage.barrier import Barrier, Keyring, combine_shares, split_root_key
 

@@ -28,8 +28,16 @@ from broker.server.api.responses import (
     error_response,
     vault_response,
 )
-from broker.server.api.routes import APPROLE_ROUTES, DATABASE_ROUTES, SYS_ROUTES
-from broker.server.api.routing import Handler, Operation, Route, match, operation_of
+from broker.server.api.routes import TABLES
+from broker.server.api.routing import (
+    ROUTE_TABLES,
+    Handler,
+    Operation,
+    Route,
+    RouteTables,
+    match,
+    operation_of,
+)
 from broker.server.api.sys_wrapping import WRAP_TTL_HEADER
 from broker.server.auth.tokens import Caller
 from broker.server.auth.wrapping import MAX_WRAP_TTL
@@ -44,23 +52,25 @@ _SEALED_PATHS = ("sys/init", "sys/seal-status", "sys/unseal")
 ROUTE_KEY = web.RequestKey("broker.route", str)
 
 
-async def _resolve(services: Services, path: str) -> tuple[Route, dict[str, str], str] | None:
+async def _resolve(
+    services: Services, tables: RouteTables, path: str
+) -> tuple[Route, dict[str, str], str] | None:
     """The route for ``path`` and the mount it lies under ("" for sys/ and auth/token/)."""
     if path.startswith("sys/") or path.startswith("auth/token/"):
-        found = match(SYS_ROUTES, path)
+        found = match(tables.sys, path)
         return (*found, "") if found else None
     if path.startswith("auth/"):
         resolved = await services.auth_methods.resolve(path[len("auth/") :])
         if resolved is None:
             return None
         mount, _type, rest = resolved
-        found = match(APPROLE_ROUTES, rest)
+        found = match(tables.approle, rest)
         return (*found, mount) if found else None
     mounted = await services.catalog.resolve_mount(path)
     if mounted is None:
         return None
     mount, rest = mounted
-    found = match(DATABASE_ROUTES, rest)
+    found = match(tables.database, rest)
     return (*found, mount) if found else None
 
 
@@ -83,7 +93,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path = canonical_path(request.match_info["tail"], operation is Operation.LIST)
     if services.seal.sealed and not (path == "sys/health" or path.startswith(_SEALED_PATHS)):
         raise Sealed()
-    found = await _resolve(services, path)
+    found = await _resolve(services, request.app[ROUTE_TABLES], path)
     if found is None:
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args, mount = found
@@ -166,7 +176,7 @@ async def _undo_unsent(ctx: RequestContext, payload: Mapping[str, Any]) -> None:
     accessor = auth.get("accessor") if isinstance(auth, Mapping) else None
     try:
         if lease_id and isinstance(lease_id, str):
-            await ctx.services.leases.revoke(lease_id)
+            await ctx.services.revocations.revoke(lease_id)
         if accessor and isinstance(accessor, str):
             await ctx.services.tokens.revoke(accessor)
     except BrokerError:
@@ -264,6 +274,7 @@ def build_app(
     app = web.Application(
         middlewares=[request_context, vault_errors], client_max_size=settings.max_request_bytes
     )
+    app[ROUTE_TABLES] = TABLES
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
     console.add_routes(app)
     app.cleanup_ctx.append(services_ctx)

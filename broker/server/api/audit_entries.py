@@ -14,7 +14,8 @@ from aiohttp import web
 from broker.logs import REQUEST_ID
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import PAYLOAD
-from broker.server.security.audit import hash_values, now_text
+from broker.server.security.audit import now_text
+from broker.server.security.audit_chain import hash_values
 
 
 def audit_request_entry(

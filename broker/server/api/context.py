@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -12,45 +13,49 @@ from broker.server.auth.policy_store import PolicyStore
 from broker.server.auth.tokens import Caller, TokenManager
 from broker.server.auth.wrapping import Wrapper
 from broker.server.database.catalog import Catalog
-from broker.server.database.issue_contexts import IssueContextCache
 from broker.server.database.leases import LeaseManager
 from broker.server.database.password_policies import PasswordPolicyStore
-from broker.server.database.reconcile import Reconciler
+from broker.server.database.revocation import Revocations
 from broker.server.database.rotation import Rotations
-from broker.server.engines.registry import EngineRegistry
-from broker.server.jobs import SweepScheduler
 from broker.server.metrics import Metrics
 from broker.server.nodes import NodeRegistry
 from broker.server.security.audit import Auditor
 from broker.server.security.ratelimit import RateLimiter
 from broker.server.security.seal import SealManager
-from broker.server.settings import Settings
-from broker.server.storage.store import Storage
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    settings: Settings
-    storage: Storage
+    """The domain objects the API may call, one per concern, each typed.
+
+    Flat on purpose: every field already names one concern (``leases``, ``tokens``...), so
+    a handler reads ``ctx.services.leases.renew(...)``; grouping them would add a hop and
+    narrow nothing. Storage, the engines, the settings and the background jobs' internals
+    are not here: assembly keeps them, and handlers reach them only through these objects.
+    """
+
+    # The database secrets engine.
     catalog: Catalog
     leases: LeaseManager
-    scheduler: SweepScheduler
-    nodes: NodeRegistry
-    reconciler: Reconciler
-    engines: EngineRegistry
-    metrics: Metrics
-    seal: SealManager
+    revocations: Revocations
+    rotations: Rotations
+    passwords: PasswordPolicyStore
+    #: Hurry the expiry sweep (after an asynchronous revocation request).
+    sweep_soon: Callable[[], None]
+    # Auth: tokens, ACL policies, auth methods (AppRole), response wrapping.
     tokens: TokenManager
     policies: PolicyStore
     auth_methods: AuthMethods
     approle: AppRoleManager
+    wrapper: Wrapper
+    # Security: the seal, the audit devices, the rate limits taken before any lookup.
+    seal: SealManager
     auditor: Auditor
     address_limits: RateLimiter
     token_limits: RateLimiter
-    contexts: IssueContextCache
-    rotations: Rotations
-    passwords: PasswordPolicyStore
-    wrapper: Wrapper
+    # This node: its membership of the cluster, its metrics.
+    nodes: NodeRegistry
+    metrics: Metrics
 
 
 SERVICES = web.AppKey("services", Services)

@@ -1,7 +1,7 @@
 """<mount>/creds/:role: issue a login.
 
 Broker extension: with ``?connection=true`` the answer's ``data`` also carries
-``connection`` (plugin, host, port, database: see ``catalog.public_endpoint``), so a
+``connection`` (plugin, host, port, database: see ``endpoints.public_endpoint``), so a
 client holding only ``read`` on the creds path can build a DSN or an environment without
 reading the connection's configuration. Opt-in, so Vault clients see Vault's shape.
 """
@@ -14,7 +14,7 @@ from aiohttp import web
 
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import vault_response
-from broker.server.database.catalog import public_endpoint
+from broker.server.database.endpoints import public_endpoint
 
 
 async def read_creds(ctx: RequestContext) -> web.StreamResponse:

@@ -8,6 +8,8 @@ import urllib.parse
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from broker.durations import parse_duration
 from broker.exceptions import InvalidRequest
@@ -22,7 +24,11 @@ class Params:
     async def from_request(cls, request: web.Request) -> Params:
         values: dict[str, Any] = {k: v for k, v in request.query.items() if k != "list"}
         if request.can_read_body:
-            raw = await request.read()
+            try:
+                raw = await request.read()
+            except (ContentEncodingError, RequestPayloadError) as exc:
+                # e.g. "Content-Encoding: gzip" on a body that is not gzip
+                raise InvalidRequest("the request body could not be decoded") from exc
             if raw.strip():
                 values.update(_parse_body(raw, request.content_type))
         if _has_nul(values) or "\x00" in request.path:

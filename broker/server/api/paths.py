@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from broker.server.api.routing import Route
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Where Vault's names are case-insensitive (policy names); the routes under these set
+#: ``case_insensitive`` (a unit test keeps the two in step).
+CASE_INSENSITIVE_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 
 
 def canonical_path(raw: str, listing: bool) -> str:
@@ -49,3 +52,15 @@ def judged_form(path: str, target: Route, args: dict[str, str]) -> tuple[str, di
     if not target.case_insensitive:
         return path, args
     return path.lower(), {name: value.lower() for name, value in args.items()}
+
+
+def capability_forms(raw: str) -> tuple[str, str]:
+    """The two forms ``sys/capabilities`` must judge for ``raw``: the one a read, write or
+    delete of it is judged in, and the one a LIST is (with its trailing slash), each
+    lower-cased where its names are case-insensitive. Answering for ``raw`` as written
+    would claim capabilities that enforcement, judging the canonical form, then refuses."""
+    plain = canonical_path(raw, listing=False)
+    listing = canonical_path(raw, listing=True)
+    if plain.startswith(CASE_INSENSITIVE_PREFIXES):
+        plain, listing = plain.lower(), listing.lower()
+    return plain, listing

@@ -22,7 +22,7 @@ from broker.server.api import (
     sys_seal,
     sys_wrapping,
 )
-from broker.server.api.routing import Route, route
+from broker.server.api.routing import Route, RouteTables, route
 
 # Paths outside any secrets engine mount.
 SYS_ROUTES: tuple[Route, ...] = (
@@ -107,7 +107,7 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"sys/ha-status", read=sys_health.read_ha_status),
     route(r"sys/metrics", read=sys_metrics.read_metrics),
     route(r"sys/leases/count", read=sys_leases.count_failing),
-    route(r"sys/leases", read=sys_leases.list_failing),
+    route(r"sys/leases", sudo=True, read=sys_leases.list_failing),
     route(r"sys/mounts/?", read=sys_mounts.list_mounts),
     route(
         r"sys/mounts/(?P<path>.+)",
@@ -115,8 +115,10 @@ SYS_ROUTES: tuple[Route, ...] = (
         update=sys_mounts.enable_mount,
         delete=sys_mounts.disable_mount,
     ),
-    route(r"sys/leases/lookup/?", update=sys_leases.lookup_lease, list=sys_leases.list_leases),
-    route(r"sys/leases/lookup/(?P<prefix>.+)", list=sys_leases.list_leases),
+    # Vault: looking a lease up by id needs no sudo; listing lease ids does.
+    route(r"sys/leases/lookup", update=sys_leases.lookup_lease),
+    route(r"sys/leases/lookup/", sudo=True, list=sys_leases.list_leases),
+    route(r"sys/leases/lookup/(?P<prefix>.+)", sudo=True, list=sys_leases.list_leases),
     route(r"sys/leases/renew(?:/(?P<lease_id>.+))?", update=sys_leases.renew_lease),
     route(r"sys/leases/revoke(?:/(?P<lease_id>.+))?", update=sys_leases.revoke_lease),
     route(r"sys/leases/revoke-prefix/(?P<prefix>.+)", sudo=True, update=sys_leases.revoke_prefix),
@@ -193,3 +195,5 @@ APPROLE_ROUTES: tuple[Route, ...] = (
         update=auth_approle.destroy_secret_id_accessor,
     ),
 )
+
+TABLES = RouteTables(SYS_ROUTES, DATABASE_ROUTES, APPROLE_ROUTES)

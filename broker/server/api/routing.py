@@ -45,6 +45,22 @@ class Route:
     case_insensitive: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RouteTables:
+    """The three tables (routes.py): paths under sys/ and auth/token/, then the paths
+    relative to a database secrets engine mount and to an AppRole mount."""
+
+    sys: tuple[Route, ...]
+    database: tuple[Route, ...]
+    approle: tuple[Route, ...]
+
+
+#: The application's route tables: the dispatcher matches requests against them and the
+#: OpenAPI handler describes them (reading them here, it need not import routes.py,
+#: which lists it).
+ROUTE_TABLES = web.AppKey("broker.route_tables", RouteTables)
+
+
 def path_template(pattern: str) -> str:
     """``roles/(?P<name>[^/]+)`` -> ``roles/:name``; optional parts are kept."""
     text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r":\1", pattern)

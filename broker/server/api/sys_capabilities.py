@@ -6,8 +6,9 @@ from aiohttp import web
 
 from broker.exceptions import InvalidRequest
 from broker.server.api.context import RequestContext
-from broker.server.api.paths import canonical_path
+from broker.server.api.paths import capability_forms
 from broker.server.api.responses import vault_response
+from broker.server.auth.acl import ACL
 
 
 async def _answer(ctx: RequestContext, policies: tuple[str, ...]) -> web.StreamResponse:
@@ -17,13 +18,22 @@ async def _answer(ctx: RequestContext, policies: tuple[str, ...]) -> web.StreamR
     acl = await ctx.services.policies.acl(policies)
     data: dict[str, list[str]] = {}
     for path in paths:
-        # The form a request to ``path`` would be judged in (a trailing slash, as on LIST,
-        # is kept: list capabilities are asked for that way).
-        judged = canonical_path(path, listing=path.endswith("/"))
-        data[path] = sorted(acl.capabilities(judged))
+        data[path] = sorted(_enforced_capabilities(acl, path))
     if len(paths) == 1:
         data["capabilities"] = data[paths[0]]
     return vault_response(data, top_level=True)
+
+
+def _enforced_capabilities(acl: ACL, path: str) -> frozenset[str]:
+    """What requests to ``path`` will be allowed, judged as dispatch judges them: ``list``
+    on the LIST form, everything else on the plain form (``paths.capability_forms``)."""
+    plain, listing = capability_forms(path)
+    plain_caps = acl.capabilities(plain)
+    if "root" in plain_caps:
+        return plain_caps
+    may_list = "list" in acl.capabilities(listing) and "deny" not in acl.capabilities(listing)
+    granted = (plain_caps - {"list", "deny"}) | ({"list"} if may_list else set())
+    return frozenset(granted) or frozenset({"deny"})
 
 
 async def capabilities_self(ctx: RequestContext) -> web.StreamResponse:

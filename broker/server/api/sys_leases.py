@@ -52,8 +52,6 @@ def _lease_data(lease: Lease) -> dict[str, Any]:
         "last_error": lease.last_error,
         "next_attempt_time": _iso(lease.due_at) if lease.state == "revoking" else None,
         "revoke_time": _iso(lease.revoked_at),
-        # The token that asked for it (revoking that token revokes this lease).
-        "token_accessor": lease.token_accessor,
     }
     return data
 
@@ -70,7 +68,11 @@ async def lease_history(ctx: RequestContext) -> web.StreamResponse:
     lease = await ctx.services.leases.history(_lease_id(ctx))
     if lease is None:
         raise NotFound()
-    return vault_response(_lease_data(lease), top_level=True)
+    # The token that asked for it (revoking that token revokes this lease): only here,
+    # behind its own policy path; lookup, open to the default policy, never names it.
+    return vault_response(
+        {**_lease_data(lease), "token_accessor": lease.token_accessor}, top_level=True
+    )
 
 
 async def list_leases(ctx: RequestContext) -> web.StreamResponse:
@@ -96,9 +98,9 @@ async def renew_lease(ctx: RequestContext) -> web.StreamResponse:
 async def revoke_lease(ctx: RequestContext) -> web.StreamResponse:
     lease_id = _lease_id(ctx)
     sync = ctx.params.flag("sync", True)
-    await ctx.services.leases.revoke(lease_id, sync=bool(sync))
+    await ctx.services.revocations.revoke(lease_id, sync=bool(sync))
     if not sync:
-        ctx.services.scheduler.kick()
+        ctx.services.sweep_soon()
         return web.Response(status=202)
     return no_content()
 
@@ -114,15 +116,15 @@ def _prefix(ctx: RequestContext) -> str:
 
 async def revoke_prefix(ctx: RequestContext) -> web.StreamResponse:
     sync = ctx.params.flag("sync", True)
-    await ctx.services.leases.revoke_prefix(_prefix(ctx), sync=bool(sync))
+    await ctx.services.revocations.revoke_prefix(_prefix(ctx), sync=bool(sync))
     if not sync:
-        ctx.services.scheduler.kick()
+        ctx.services.sweep_soon()
         return web.Response(status=202)
     return no_content()
 
 
 async def revoke_force(ctx: RequestContext) -> web.StreamResponse:
-    await ctx.services.leases.revoke_force(_prefix(ctx))
+    await ctx.services.revocations.revoke_force(_prefix(ctx))
     return no_content()
 
 
@@ -135,7 +137,7 @@ async def count_failing(ctx: RequestContext) -> web.StreamResponse:
     """Vault's irrevocable leases are ours whose revocation keeps failing: still retried
     (with backoff, forever), counted here so they are never out of sight."""
     _check_irrevocable(ctx)
-    counts = await ctx.services.storage.count_failing_leases()
+    counts = await ctx.services.leases.failing_counts()
     return vault_response({"lease_count": sum(counts.values()), "counts": counts}, top_level=True)
 
 
@@ -144,7 +146,7 @@ async def list_failing(ctx: RequestContext) -> web.StreamResponse:
     text = ctx.params.text("limit", "1000") or "1000"
     if not text.isdigit() or not 1 <= int(text) <= 10000:
         raise InvalidRequest("limit must be a whole number from 1 to 10000")
-    rows = await ctx.services.storage.list_failing_leases(int(text))
+    rows = await ctx.services.leases.list_failing(int(text))
     leases = [
         {
             "lease_id": row["lease_id"],
@@ -159,8 +161,8 @@ async def list_failing(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def tidy(ctx: RequestContext) -> web.StreamResponse:
-    """Remove finished lease rows past the retention now (the scheduler also does)."""
-    removed = await ctx.services.leases.tidy()
+    """Remove finished lease rows past the retention now (a background job also does)."""
+    removed = await ctx.services.revocations.tidy()
     return vault_response(
         {"removed": removed},
         warnings=[

@@ -13,19 +13,15 @@ async def read_metrics(ctx: RequestContext) -> web.StreamResponse:
     fmt = ctx.params.text("format", "") or ""
     if fmt not in ("", "prometheus"):
         raise InvalidRequest("format must be 'prometheus' or absent (JSON)")
-    services = ctx.services
-    metrics = services.metrics
-    # Gauges read at scrape time: what storage and this node's pools say now.
-    metrics.leases.clear()
-    for state, mount, role, count in await services.storage.lease_counts():
-        metrics.leases.labels(state, mount, role).set(count)
-    failing = await services.storage.count_failing_leases()
-    metrics.failing.set(sum(failing.values()))
-    metrics.backlog.set(await services.storage.sweep_backlog())
-    metrics.pool.clear()
-    for mount, connection, stats in services.engines.pool_stats():
-        for state, value in stats.items():
-            metrics.pool.labels(mount, connection, state).set(value)
+    leases = ctx.services.leases
+    metrics = ctx.services.metrics
+    # Gauges read at scrape time: what the lease rows and this node's pools say now.
+    metrics.set_scrape_gauges(
+        lease_counts=await leases.counts_by_state(),
+        failing=sum((await leases.failing_counts()).values()),
+        backlog=await leases.sweep_backlog(),
+        pools=ctx.services.catalog.pool_stats(),
+    )
     if fmt == "prometheus":
         return web.Response(
             body=metrics.prometheus_text(),

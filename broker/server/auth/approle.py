@@ -27,7 +27,7 @@ from broker.server.auth.tokens import (
     in_cidrs,
     normalise_policies,
 )
-from broker.server.storage.store import Storage
+from broker.server.storage.auth import AuthStore
 
 AUTH_TYPES = ("approle",)
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -61,12 +61,12 @@ class NewSecretId:
 class AuthMethods:
     """Auth methods enabled under ``auth/`` (the token method is built in)."""
 
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
+    def __init__(self, store: AuthStore) -> None:
+        self._store = store
         self._paths: dict[str, str] = {}
 
     async def refresh(self) -> None:
-        self._paths = {m["path"]: m["type"] for m in await self._storage.list_auth_methods()}
+        self._paths = {m["path"]: m["type"] for m in await self._store.list_auth_methods()}
 
     async def resolve(self, path: str) -> tuple[str, str, str] | None:
         """``approle/login`` -> (mount, type, rest) by the longest enabled prefix; a miss
@@ -92,21 +92,21 @@ class AuthMethods:
         if type_ not in AUTH_TYPES:
             raise InvalidRequest(f"unknown auth method type {type_!r}")
         accessor = f"auth_{type_}_{secrets.token_hex(4)}"
-        if not await self._storage.insert_auth_method(path, type_, description, accessor):
+        if not await self._store.insert_auth_method(path, type_, description, accessor):
             raise InvalidRequest(f"path is already in use at {path}/")
         await self.refresh()
 
     async def disable(self, path: str) -> None:
-        await self._storage.delete_auth_method(path.strip("/"))
+        await self._store.delete_auth_method(path.strip("/"))
         await self.refresh()
 
     async def list(self) -> list[dict[str, Any]]:
-        return await self._storage.list_auth_methods()
+        return await self._store.list_auth_methods()
 
 
 class AppRoleManager:
-    def __init__(self, storage: Storage, tokens: TokenManager) -> None:
-        self._storage = storage
+    def __init__(self, store: AuthStore, tokens: TokenManager) -> None:
+        self._store = store
         self._tokens = tokens
 
     async def write_role(
@@ -122,7 +122,7 @@ class AppRoleManager:
                 raise InvalidRequest("auth methods cannot create root tokens")
             policies = grantable_policies(writer, update.token_policies)
             update = dataclasses.replace(update, token_policies=policies)
-        existing = await self._storage.get_approle_role(mount, name)
+        existing = await self._store.get_approle_role(mount, name)
         base = existing or AppRole(mount, name, str(uuid.uuid4()), True, (), 0, 0, 0, (), 0, 0, ())
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
         role = dataclasses.replace(base, **changes)
@@ -140,19 +140,19 @@ class AppRoleManager:
             and not (role.token_bound_cidrs)
         ):
             raise InvalidRequest("at least one constraint should be enabled on the role")
-        await self._storage.upsert_approle_role(role)
+        await self._store.upsert_approle_role(role)
 
     async def read_role(self, mount: str, name: str) -> AppRole:
-        role = await self._storage.get_approle_role(mount, name)
+        role = await self._store.get_approle_role(mount, name)
         if role is None:
             raise NotFound()
         return role
 
     async def list_roles(self, mount: str) -> list[str]:
-        return await self._storage.list_approle_roles(mount)
+        return await self._store.list_approle_roles(mount)
 
     async def delete_role(self, mount: str, name: str) -> None:
-        await self._storage.delete_approle_role(mount, name)
+        await self._store.delete_approle_role(mount, name)
 
     async def new_secret_id(
         self,
@@ -174,8 +174,8 @@ class AppRoleManager:
         expires_at = None
         if role.secret_id_ttl:
             expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=role.secret_id_ttl)
-        await self._storage.insert_secret_id(
-            self._storage.barrier.token_hmac(secret_id),
+        await self._store.insert_secret_id(
+            self._store.barrier.token_hmac(secret_id),
             accessor,
             role,
             cidr_list or role.secret_id_bound_cidrs,
@@ -187,20 +187,20 @@ class AppRoleManager:
     async def lookup_secret_id(
         self, mount: str, name: str, secret_id: str | None, accessor: str | None
     ) -> dict[str, Any]:
-        digest = self._storage.barrier.token_hmac(secret_id) if secret_id else None
-        found = await self._storage.get_secret_id(mount, name, digest, accessor)
+        digest = self._store.barrier.token_hmac(secret_id) if secret_id else None
+        found = await self._store.get_secret_id(mount, name, digest, accessor)
         if found is None:
             raise NotFound()
         return found
 
     async def list_secret_id_accessors(self, mount: str, name: str) -> list[str]:
-        return await self._storage.list_secret_id_accessors(mount, name)
+        return await self._store.list_secret_id_accessors(mount, name)
 
     async def destroy_secret_id(
         self, mount: str, name: str, secret_id: str | None, accessor: str | None
     ) -> None:
-        digest = self._storage.barrier.token_hmac(secret_id) if secret_id else None
-        await self._storage.delete_secret_id(mount, name, digest, accessor)
+        digest = self._store.barrier.token_hmac(secret_id) if secret_id else None
+        await self._store.delete_secret_id(mount, name, digest, accessor)
 
     async def login(
         self, mount: str, role_id: str, secret_id: str, remote: str
@@ -209,7 +209,7 @@ class AppRoleManager:
         about which part was wrong; the audit log keeps the request."""
         if not role_id:
             raise InvalidRequest("missing role_id")
-        role = await self._storage.get_approle_role(mount, None, role_id)
+        role = await self._store.get_approle_role(mount, None, role_id)
         if role is None:
             raise InvalidRequest("invalid role or secret ID")
         # Addresses first: a secret ID tried from outside its blocks is not spent by it.
@@ -222,11 +222,11 @@ class AppRoleManager:
         if role.bind_secret_id:
             if not secret_id:
                 raise InvalidRequest("missing secret_id")
-            digest = self._storage.barrier.token_hmac(secret_id)
-            found = await self._storage.get_secret_id(mount, role.name, digest, None)
+            digest = self._store.barrier.token_hmac(secret_id)
+            found = await self._store.get_secret_id(mount, role.name, digest, None)
             if found is None or not in_cidrs(remote, found["cidr_list"]):
                 raise InvalidRequest("invalid role or secret ID")
-            if await self._storage.consume_secret_id(digest, mount, role.name) is None:
+            if await self._store.consume_secret_id(digest, mount, role.name) is None:
                 raise InvalidRequest("invalid role or secret ID")  # spent or expired
         return await self._tokens.create_for_login(
             TokenRequest(

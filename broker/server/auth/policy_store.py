@@ -12,7 +12,7 @@ import time
 
 from broker.exceptions import InvalidRequest, NotFound
 from broker.server.auth.acl import ACL, DEFAULT_POLICY, PathRule, check_policy_name, parse_policy
-from broker.server.storage.store import Storage
+from broker.server.storage.auth import AuthStore
 
 _CACHE_SECONDS = 2.0
 ROOT = "root"
@@ -20,8 +20,8 @@ DEFAULT = "default"
 
 
 class PolicyStore:
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
+    def __init__(self, store: AuthStore) -> None:
+        self._store = store
         self._acls: dict[tuple[str, ...], tuple[float, ACL]] = {}
         #: One load per key at a time: concurrent requests wait for it instead of each
         #: reading and building the same ACL when the cache entry expires.
@@ -75,7 +75,7 @@ class PolicyStore:
         return acl
 
     async def _text(self, name: str) -> str | None:
-        stored = await self._storage.get_policy(name)
+        stored = await self._store.get_policy(name)
         if stored is None and name == DEFAULT:
             return DEFAULT_POLICY
         return stored
@@ -90,23 +90,23 @@ class PolicyStore:
         return text
 
     async def list(self) -> list[str]:
-        return sorted({DEFAULT, ROOT, *await self._storage.list_policies()})
+        return sorted({DEFAULT, ROOT, *await self._store.list_policies()})
 
     async def write(self, name: str, text: str) -> None:
         name = check_policy_name(name)
         if name == ROOT:
             raise InvalidRequest('cannot update "root" policy')
         parse_policy(text)
-        await self._storage.upsert_policy(name, text)
+        await self._store.upsert_policy(name, text)
         await self._changed()
 
     async def delete(self, name: str) -> None:
         name = check_policy_name(name)
         if name in (ROOT, DEFAULT):
             raise InvalidRequest(f'cannot delete "{name}" policy')
-        await self._storage.delete_policy(name)
+        await self._store.delete_policy(name)
         await self._changed()
 
     async def _changed(self) -> None:
         self.invalidate()
-        await self._storage.notify_auth_changed("policies")
+        await self._store.notify_changed("policies")

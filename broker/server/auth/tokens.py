@@ -22,7 +22,7 @@ from broker.exceptions import InvalidRequest, PermissionDenied
 from broker.models import TokenEntry
 from broker.server.auth.policy_store import DEFAULT, ROOT
 from broker.server.settings import Settings
-from broker.server.storage.store import Storage
+from broker.server.storage.auth import AuthStore
 
 log = logging.getLogger(__name__)
 TOKEN_PREFIX = "hvs."
@@ -118,9 +118,9 @@ class TokenRequest:
 
 class TokenManager:
     def __init__(
-        self, storage: Storage, settings: Settings, kick_sweep: Callable[[], None] | None = None
+        self, store: AuthStore, settings: Settings, kick_sweep: Callable[[], None] | None = None
     ) -> None:
-        self._storage = storage
+        self._store = store
         self._settings = settings
         self._kick_sweep = kick_sweep
         self._cache: dict[bytes, tuple[float, TokenEntry]] = {}
@@ -136,7 +136,7 @@ class TokenManager:
             return None
         if self._settings.token_is_root(token):
             return Caller((ROOT,), "root", None, token)
-        digest = self._storage.barrier.token_hmac(token)
+        digest = self._store.barrier.token_hmac(token)
         entry = await self._entry_by_hmac(digest)
         if entry is None:
             return None
@@ -146,7 +146,7 @@ class TokenManager:
             return None
         spent = False
         if entry.num_uses > 0:
-            left = await self._storage.use_token(entry.accessor)
+            left = await self._store.use_token(entry.accessor)
             if left is None:
                 return None
             spent = left == 0
@@ -157,7 +157,7 @@ class TokenManager:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        entry = await self._storage.get_token_by_hmac(digest)
+        entry = await self._store.get_token_by_hmac(digest)
         if entry is not None and entry.num_uses == 0:  # a use count must be read fresh
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -253,7 +253,7 @@ class TokenManager:
             max_expires_at=max_expires_at,
         )
         token = new_token()
-        await self._storage.insert_token(self._storage.barrier.token_hmac(token), entry)
+        await self._store.insert_token(self._store.barrier.token_hmac(token), entry)
         return token, entry
 
     @staticmethod
@@ -277,19 +277,19 @@ class TokenManager:
     # -- lookup and renewal ---------------------------------------------------------------
 
     async def lookup(self, token: str) -> TokenEntry:
-        entry = await self._storage.get_token_by_hmac(self._storage.barrier.token_hmac(token))
+        entry = await self._store.get_token_by_hmac(self._store.barrier.token_hmac(token))
         if entry is None or (entry.expires_at is not None and entry.expires_at <= _now()):
             raise InvalidRequest("bad token")
         return entry
 
     async def lookup_accessor(self, accessor: str) -> TokenEntry:
-        entry = await self._storage.get_token_by_accessor(accessor)
+        entry = await self._store.get_token_by_accessor(accessor)
         if entry is None or (entry.expires_at is not None and entry.expires_at <= _now()):
             raise InvalidRequest("invalid accessor")
         return entry
 
     async def list_accessors(self) -> list[str]:
-        return await self._storage.list_token_accessors()
+        return await self._store.list_token_accessors()
 
     async def renew(self, entry: TokenEntry, increment: int) -> TokenEntry:
         if entry.expires_at is None:
@@ -303,7 +303,7 @@ class TokenManager:
             expires_at = entry.max_expires_at
         if expires_at <= now:
             raise InvalidRequest("token has reached its max TTL and cannot be renewed")
-        if not await self._storage.renew_token(entry.accessor, expires_at, increment):
+        if not await self._store.renew_token(entry.accessor, expires_at, increment):
             raise InvalidRequest("bad token")
         await self._changed()
         return await self.lookup_accessor(entry.accessor)
@@ -312,23 +312,23 @@ class TokenManager:
 
     async def revoke(self, accessor: str) -> None:
         """The token, its descendants and all their leases (the sweep drops the logins)."""
-        tokens, leases = await self._storage.revoke_token_trees([accessor])
+        tokens, leases = await self._store.revoke_token_trees([accessor])
         await self._revoked(tokens, leases)
 
     async def revoke_orphan(self, accessor: str) -> None:
         """The token and its leases; its children become orphans and live on."""
-        await self._storage.orphan_children(accessor)
-        tokens, leases = await self._storage.revoke_token_trees([accessor])
+        await self._store.orphan_children(accessor)
+        tokens, leases = await self._store.revoke_token_trees([accessor])
         await self._revoked(tokens, leases)
 
     async def revoke_expired(self) -> int:
         """Scheduled: expired tokens go as if revoked (with their children and leases)."""
         total = 0
         while True:
-            accessors = await self._storage.expired_tokens(_EXPIRY_BATCH)
+            accessors = await self._store.expired_tokens(_EXPIRY_BATCH)
             if not accessors:
                 break
-            tokens, leases = await self._storage.revoke_token_trees(accessors)
+            tokens, leases = await self._store.revoke_token_trees(accessors)
             total += tokens
             await self._revoked(tokens, leases)
         return total
@@ -337,7 +337,7 @@ class TokenManager:
         """Scheduled, less often (it scans every live token-bound lease): a lease issued to
         a token in the moment that token was revoked becomes due too. Revocation itself
         takes a token's leases in the same statement, so this only closes that race."""
-        leftover = await self._storage.revoke_leases_of_missing_tokens()
+        leftover = await self._store.revoke_leases_of_missing_tokens()
         if leftover and self._kick_sweep is not None:
             self._kick_sweep()
         return leftover
@@ -351,7 +351,7 @@ class TokenManager:
 
     async def _changed(self) -> None:
         self.invalidate()
-        await self._storage.notify_auth_changed("tokens")
+        await self._store.notify_changed("tokens")
 
     # -- rendering ------------------------------------------------------------------------
 

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import re
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from broker.exceptions import BrokerError, InvalidRequest, NotFound, TargetError
 from broker.models import Connection, Mount, Role
+from broker.server.database.endpoints import host_allowed
 from broker.server.database.issue_contexts import IssueContextCache
-from broker.server.database.leases import LeaseManager
 from broker.server.database.password_policies import PasswordPolicyStore
+from broker.server.database.revocation import Revocations
 from broker.server.engines.base import DatabaseEngine
-from broker.server.engines.mysql import parse_connection_url as parse_mysql_url
-from broker.server.engines.postgres import parse_connection_url as parse_postgres_url
 from broker.server.engines.registry import EngineRegistry, build_engine, check_plugin_name
 from broker.server.engines.templates import (
     ROLE_STATEMENT_KINDS,
@@ -29,7 +28,7 @@ from broker.server.engines.templates import (
 )
 from broker.server.secrets_gen import random_string
 from broker.server.settings import Settings
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
 
 MOUNT_TYPES = ("database",)
 #: Disabling a mount: rounds of revoke-then-delete before leases issued meanwhile make it
@@ -46,61 +45,6 @@ PER_TABLE_GRANT_WARNING = (
     "such grants and refuses them past about 2,400 live users per table; granting "
     'membership in a prepared group role (GRANT readers TO "{{name}}") scales instead'
 )
-
-
-def host_allowed(host: str, allowed: list[str]) -> bool:
-    """A socket path is local; an IP address must lie in a listed network; a name must be
-    listed as written (resolving it here would itself reach out, and could be rebound)."""
-    if host.startswith("/"):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host.lower() in {a.lower() for a in allowed}
-    for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-#: Connection parameters a client may see beside its login: how to reach the database,
-#: never who the broker logs in as.
-_PUBLIC_PG_PARAMS = ("sslmode", "target_session_attrs")
-
-
-def public_endpoint(connection: Connection) -> dict[str, str]:
-    """Where the logins of ``connection`` go (plugin, host, port, database), for clients
-    that build a DSN or environment from a creds answer without read access to the
-    connection itself. Picked key by key from the parsed URL, so the administrator's
-    username and password (userinfo, ``user=``/``password=`` parameters) can never be
-    among them; a value still holding a ``{{...}}`` placeholder is left out too, since
-    filling it would be the administrator's. Never raises: a URL it cannot read (it was
-    checked when written) yields just the plugin."""
-    postgres = connection.plugin_name.startswith("postgresql")
-    endpoint = {"plugin": "postgresql" if postgres else "mysql"}
-    try:
-        if postgres:
-            params = parse_postgres_url(connection.connection_url)
-            picked = {
-                "host": params.get("host", "127.0.0.1"),
-                "port": params.get("port", "5432"),
-                "database": params.get("dbname", "postgres"),
-            }
-            picked.update({k: params[k] for k in _PUBLIC_PG_PARAMS if k in params})
-        else:
-            fields = parse_mysql_url(connection.connection_url)
-            picked = {
-                "host": fields.get("unix_socket") or fields.get("host", "127.0.0.1"),
-                "port": fields.get("port", "3306"),
-                "database": fields.get("db", ""),
-            }
-    except BrokerError:
-        return endpoint
-    endpoint.update({k: v for k, v in picked.items() if "{{" not in v})
-    return endpoint
 
 
 def check_name(kind: str, name: str) -> str:
@@ -148,25 +92,30 @@ class RoleUpdate:
 class Catalog:
     def __init__(
         self,
-        storage: Storage,
+        store: CatalogStore,
         engines: EngineRegistry,
-        leases: LeaseManager,
+        revocations: Revocations,
         settings: Settings,
         contexts: IssueContextCache | None = None,
         passwords: PasswordPolicyStore | None = None,
     ) -> None:
         self._contexts = contexts
         self._passwords = passwords
-        self._storage = storage
+        self._store = store
         self._engines = engines
-        self._leases = leases
+        self._revocations = revocations
         self._settings = settings
         self._mount_paths: frozenset[str] = frozenset()
+
+    def setup_lock(self) -> AbstractAsyncContextManager[None]:
+        """The cluster-wide set-up lock: held while creating entries only if missing (the
+        dev server's demo), so nodes sharing storage create them once."""
+        return self._store.setup_lock()
 
     # -- mounts ---------------------------------------------------------------------------
 
     async def refresh_mounts(self) -> None:
-        self._mount_paths = frozenset(m.path for m in await self._storage.list_mounts())
+        self._mount_paths = frozenset(m.path for m in await self._store.list_mounts())
 
     async def resolve_mount(self, path: str) -> tuple[str, str] | None:
         """Split a request path into (mount, rest) by the longest enabled mount prefix.
@@ -193,19 +142,19 @@ class Catalog:
         if any(path.startswith(m + "/") or m.startswith(path + "/") for m in self._mount_paths):
             raise InvalidRequest(f"path is already in use at {path}/")
         accessor = f"{type_}_{random_string(8).lower()}"
-        if not await self._storage.insert_mount(path, type_, description, accessor):
+        if not await self._store.insert_mount(path, type_, description, accessor):
             raise InvalidRequest(f"path is already in use at {path}/")
         await self.refresh_mounts()
         await self._changed()
 
     async def get_mount(self, path: str) -> Mount:
-        mount = await self._storage.get_mount(path.strip("/"))
+        mount = await self._store.get_mount(path.strip("/"))
         if mount is None:
             raise NotFound()
         return mount
 
     async def list_mounts(self) -> list[Mount]:
-        return await self._storage.list_mounts()
+        return await self._store.list_mounts()
 
     async def disable_mount(self, path: str) -> None:
         """Like Vault: revoke every lease of the mount first; keep the mount if that fails
@@ -213,17 +162,17 @@ class Catalog:
         the retries need. The mount goes only once no live lease of it is left, checked
         under the lock an issuance in flight waits for (see delete_mount_unless_leased)."""
         path = path.strip("/")
-        if await self._storage.get_mount(path) is None:
+        if await self._store.get_mount(path) is None:
             return
         live: int | None = 0
         for _ in range(_DELETE_ROUNDS):
             try:
-                await self._leases.revoke_prefix(path + "/")
+                await self._revocations.revoke_prefix(path + "/")
             except TargetError as exc:
                 raise InvalidRequest(
                     f"failed to revoke the leases of mount {path}/, which was kept: {exc.message}"
                 ) from exc
-            live = await self._storage.delete_mount_unless_leased(path)
+            live = await self._store.delete_mount_unless_leased(path)
             if not live:
                 break
         if live:
@@ -243,7 +192,7 @@ class Catalog:
         write with ``warnings`` the same way), so a missing grant shows on day one instead
         of as leases that cannot be revoked."""
         check_name("connection", name)
-        existing = await self._storage.get_connection(mount, name)
+        existing = await self._store.get_connection(mount, name)
         if existing is None:
             if not update.plugin_name:
                 raise InvalidRequest("plugin_name must be provided")
@@ -281,7 +230,7 @@ class Catalog:
                 warnings = await self._admin_warnings(engine, mount, name)
         finally:
             await engine.close()
-        await self._storage.upsert_connection(connection)
+        await self._store.upsert_connection(connection)
         await self._changed()
         return warnings
 
@@ -289,8 +238,8 @@ class Catalog:
         """What the admin cannot do, for the roles already written on this connection.
         A check that itself fails is one more warning, never a refused write."""
         statements: list[str] = []
-        for role_name in await self._storage.list_roles(mount):
-            role = await self._storage.get_role(mount, role_name)
+        for role_name in await self._store.list_roles(mount):
+            role = await self._store.get_role(mount, role_name)
             if role is not None and role.db_name == name:
                 statements.extend(role.creation_statements)
         try:
@@ -315,17 +264,21 @@ class Catalog:
         self._engines.forget(mount, name)
         await self._changed()
 
+    def pool_stats(self) -> list[tuple[str, str, dict[str, int]]]:
+        """(mount, connection, stats) of every connection pool this node holds: gauges."""
+        return self._engines.pool_stats()
+
     async def connection_changed(self) -> None:
         await self._changed()
 
     async def read_connection(self, mount: str, name: str) -> Connection:
-        connection = await self._storage.get_connection(mount, name)
+        connection = await self._store.get_connection(mount, name)
         if connection is None:
             raise NotFound()
         return connection
 
     async def list_connections(self, mount: str) -> list[str]:
-        return await self._storage.list_connections(mount)
+        return await self._store.list_connections(mount)
 
     async def delete_connection(self, mount: str, name: str, *, force: bool = False) -> int:
         """Refused (400 naming the count) while live leases need the connection for their
@@ -335,7 +288,7 @@ class Catalog:
         revoked = 0
         if force:
             revoked = await self._revoke_leases_of_connection(mount, name)
-        live = await self._storage.delete_connection_unless_leased(mount, name)
+        live = await self._store.delete_connection_unless_leased(mount, name)
         if live:
             hint = (
                 "they appeared while it was being deleted, or await a re-check of their "
@@ -353,14 +306,14 @@ class Catalog:
     async def _revoke_leases_of_connection(self, mount: str, name: str) -> int:
         """Revoke, by id, every live lease of one connection; refuse (400) naming the
         leases that failed, which stay queued for retry."""
-        lease_ids = await self._storage.live_leases_of_connection(mount, name)
+        lease_ids = await self._store.live_leases_of_connection(mount, name)
         semaphore = asyncio.Semaphore(max(1, self._settings.revoke_concurrency))
         failures: list[str] = []
 
         async def revoke(lease_id: str) -> None:
             async with semaphore:
                 try:
-                    await self._leases.revoke(lease_id)
+                    await self._revocations.revoke(lease_id)
                 except TargetError as exc:
                     failures.append(f"{lease_id} ({exc.message})")
 
@@ -379,7 +332,7 @@ class Catalog:
     async def write_role(self, mount: str, name: str, update: RoleUpdate) -> list[str]:
         """Returns warnings for the response."""
         check_name("role", name)
-        existing = await self._storage.get_role(mount, name)
+        existing = await self._store.get_role(mount, name)
         if existing is None:
             if not update.db_name:
                 raise InvalidRequest("db_name is required")
@@ -402,25 +355,25 @@ class Catalog:
             )
         if any(_PER_TABLE_GRANT.search(s) for s in role.creation_statements):
             warnings.append(PER_TABLE_GRANT_WARNING)
-        await self._storage.upsert_role(role)
+        await self._store.upsert_role(role)
         await self._changed()
         return warnings
 
     async def read_role(self, mount: str, name: str) -> Role:
-        role = await self._storage.get_role(mount, name)
+        role = await self._store.get_role(mount, name)
         if role is None:
             raise NotFound()
         return role
 
     async def list_roles(self, mount: str) -> list[str]:
-        return await self._storage.list_roles(mount)
+        return await self._store.list_roles(mount)
 
     async def delete_role(self, mount: str, name: str) -> None:
         """Leases never need their role: each row keeps the revocation and renew statements
         and the connection name it was issued with (hashicorp/vault#3464, #4782: Vault could
         not revoke them once the role was gone). So a role with live leases may go, and a
         role re-created under the same name does not change how old leases are revoked."""
-        await self._storage.delete_role(mount, name)
+        await self._store.delete_role(mount, name)
         await self._changed()
 
     async def _changed(self) -> None:

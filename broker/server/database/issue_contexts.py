@@ -15,18 +15,17 @@ from collections.abc import Awaitable, Callable
 
 from broker.exceptions import StorageUnavailable
 from broker.models import Connection, Role
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
 
 log = logging.getLogger(__name__)
-CHANNEL = "broker_catalog"
 _RELISTEN_EVERY = 5.0
 
 IssueContext = tuple[Role, Connection | None]
 
 
 class IssueContextCache:
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
+    def __init__(self, store: CatalogStore) -> None:
+        self._store = store
         self._entries: dict[tuple[str, str], IssueContext] = {}
         self._generation = 0
         self._stop: Callable[[], Awaitable[None]] | None = None
@@ -40,7 +39,7 @@ class IssueContextCache:
     async def start(self) -> None:
         self._next_attempt = time.monotonic() + _RELISTEN_EVERY
         try:
-            self._stop = await self._storage.listen(CHANNEL, self.invalidate, self._lost)
+            self._stop = await self._store.listen_changes(self.invalidate, self._lost)
         except StorageUnavailable:
             log.warning("catalog cache off until storage can be listened to")
         self.invalidate()  # anything read before the listener existed may be stale
@@ -67,7 +66,7 @@ class IssueContextCache:
         elif time.monotonic() >= self._next_attempt and self._starting is None:
             self._starting = asyncio.get_running_loop().create_task(self._restart())
         generation = self._generation
-        context = await self._storage.get_issue_context(mount, role)
+        context = await self._store.get_issue_context(mount, role)
         if context is not None and self._stop is not None and generation == self._generation:
             self._entries[key] = context
         return context
@@ -81,4 +80,4 @@ class IssueContextCache:
     async def changed(self) -> None:
         """After a catalog write: clear here, tell the other nodes."""
         self.invalidate()
-        await self._storage.notify_catalog_changed()
+        await self._store.notify_changed()

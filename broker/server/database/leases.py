@@ -1,8 +1,8 @@
-"""Issue, renew and revoke leases: the orchestration between storage and engines.
+"""Issue, look up and renew leases: the request path from a creds read to a login.
 
-The invariant everything here keeps: a lease row exists (committed) before the user it
-describes is created, and every live row is eventually revoked by one claim path, the
-same for the scheduler, explicit revocation by id or prefix, and ``revoke-expired``.
+The invariant issuance keeps: a lease row exists (committed) before the user it describes
+is created, so a crash at any point leaves a row that revocation (revocation.py, the one
+claim path every lease ends through) takes over.
 """
 
 from __future__ import annotations
@@ -10,28 +10,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.exceptions import (
-    BrokerError,
     InvalidRequest,
     StatementError,
-    TargetError,
     TargetUnavailable,
     TargetUnreachable,
     TooManyRequests,
 )
-from broker.models import ClaimedLease, Connection, Lease, NewLease, Role
+from broker.models import Connection, Lease, NewLease, Role
 from broker.server.batching import GroupCommit
 from broker.server.database.issue_contexts import IssueContextCache
 from broker.server.database.password_policies import PasswordPolicyStore
+from broker.server.database.revocation import Revocations
 from broker.server.engines.base import (
     DatabaseEngine,
     NewUserRequest,
     RenewUserRequest,
-    RevokeUserRequest,
 )
 from broker.server.engines.registry import EngineRegistry
 from broker.server.engines.templates import compiled_template, default_username
@@ -39,23 +37,14 @@ from broker.server.faults import crash_point
 from broker.server.metrics import Metrics
 from broker.server.secrets_gen import generate_password, lease_suffix
 from broker.server.settings import Settings
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
+from broker.server.storage.leases import LeaseStore
 
 log = logging.getLogger(__name__)
 
 #: The database-side expiry (PostgreSQL VALID UNTIL) trails the lease by this much, so the
 #: broker's own revocation (which also ends sessions) normally comes first.
 EXPIRATION_GRACE = dt.timedelta(seconds=5)
-_BACKOFF_BASE = 1.0
-
-
-_TIDY_BATCH = 1000
-
-
-def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
-    """Exponential backoff with jitter, capped; never gives up."""
-    ceiling = min(cap, _BACKOFF_BASE * 2 ** max(0, attempts - 1))
-    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 def _now() -> dt.datetime:
@@ -90,7 +79,7 @@ class IssuedCredentials:
     lease_duration: int
     renewable: bool = True
     #: The connection the login was made on, for an answer that says where to log in
-    #: (``catalog.public_endpoint``); it holds the admin password, so never shown whole.
+    #: (``endpoints.public_endpoint``); it holds the admin password, so never shown whole.
     connection: Connection | None = field(default=None, repr=False, compare=False)
 
 
@@ -101,49 +90,38 @@ class RenewedLease:
     warnings: tuple[str, ...]
 
 
-@dataclass(slots=True)
-class SweepResult:
-    revoked: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 class LeaseManager:
     def __init__(
         self,
-        storage: Storage,
+        leases: LeaseStore,
+        catalog: CatalogStore,
         engines: EngineRegistry,
         settings: Settings,
+        revocations: Revocations,
         contexts: IssueContextCache | None = None,
         metrics: Metrics | None = None,
         passwords: PasswordPolicyStore | None = None,
-        *,
-        claim_owner: str | None = None,
     ) -> None:
-        """``claim_owner``: this process's instance id (see nodes.py), recorded on every
-        claim so that the heartbeats of the other nodes hand the claims back at once if
-        this process dies; without one (a one-off CLI sweep) only the claim timeout does."""
-        self._claim_owner = claim_owner
+        """``revocations``: where a lease revoked while its user was being created goes
+        (the one claim path, revocation.py)."""
+        self._revocations = revocations
         self._metrics = metrics
         self._passwords = passwords
-        self._storage = storage
+        self._leases = leases
+        self._catalog = catalog
         self._engines = engines
         self._settings = settings
         self._contexts = contexts
         # Concurrent issuances share their storage round trips (see batching.py).
-        self._inserts = GroupCommit(storage.insert_leases)
-        self._activations = GroupCommit(storage.activate_leases)
-        self._connection_checks = GroupCommit(storage.connections_still_exist)
-        self._sweep_lock = asyncio.Lock()
+        self._inserts = GroupCommit(leases.insert_leases)
+        self._activations = GroupCommit(leases.activate_leases)
+        self._connection_checks = GroupCommit(catalog.connections_still_exist)
         self._quota_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        #: Leases this node has claimed and not yet recorded: released on shutdown.
-        self._in_flight: set[str] = set()
 
     # -- issuance -------------------------------------------------------------------------
 
     async def _connection_for(self, mount: str, name: str) -> Connection:
-        connection = await self._storage.get_connection(mount, name)
+        connection = await self._catalog.get_connection(mount, name)
         if connection is None:
             raise InvalidRequest(f"unknown database connection {name!r}")
         return connection
@@ -157,7 +135,7 @@ class LeaseManager:
         context = await (
             self._contexts.get(mount, role_name)
             if self._contexts is not None
-            else self._storage.get_issue_context(mount, role_name)
+            else self._catalog.get_issue_context(mount, role_name)
         )
         if context is None:
             raise InvalidRequest(f"unknown role: {role_name}")
@@ -204,7 +182,7 @@ class LeaseManager:
         exceeded by at most one lease per node."""
         lock = self._quota_locks.setdefault((role.mount, role.name), asyncio.Lock())
         async with lock:
-            live = await self._storage.count_live_leases_of_role(role.mount, role.name)
+            live = await self._leases.count_live_leases_of_role(role.mount, role.name)
             if live >= role.max_leases:
                 raise TooManyRequests(
                     f"lease quota of role {role.name!r} reached: {live} live leases of "
@@ -231,25 +209,58 @@ class LeaseManager:
         token_accessor: str | None,
         inserted: asyncio.Future[None] | None = None,
     ) -> IssuedCredentials:
-        """Lease row committed, then the user, then activation: the crash-safe sequence."""
-        mount = role.mount
+        """Lease row committed, then the user, then activation: the crash-safe sequence.
+        ``inserted`` (the quota's) is resolved once the lease row is committed."""
+        ttl, max_ttl = self._lease_ttls(role)
+        username = self._username(engine, connection, role, display_name)
+        lease = self._new_lease(role, connection, username, ttl, max_ttl, token_accessor)
+        await self._write_lease_row(lease)
+        if inserted is not None:
+            inserted.set_result(None)
+        crash_point("after_lease_insert")
+        await self._check_connection_kept(lease, connection)
+        password = await self._password_for(connection)
+        await self._create_user(engine, role, lease, password)
+        crash_point("after_user_create")
+        await self._activate(lease)
+        return IssuedCredentials(lease.lease_id, username, password, ttl, connection=connection)
+
+    def _lease_ttls(self, role: Role) -> tuple[int, int]:
+        """(ttl, max_ttl) of a new lease: the role's, within the server's limits."""
         max_ttl = min(role.max_ttl or self._settings.max_lease_ttl, self._settings.max_lease_ttl)
         ttl = min(role.default_ttl or self._settings.default_lease_ttl, max_ttl)
-        if connection.username_template:
-            username = compiled_template(connection.username_template).render(
-                display_name, role.name
+        return ttl, max_ttl
+
+    @staticmethod
+    def _username(
+        engine: DatabaseEngine, connection: Connection, role: Role, display_name: str
+    ) -> str:
+        """The connection's username template rendered, else the default; never longer
+        than the database allows."""
+        if not connection.username_template:
+            return default_username(display_name, role.name, engine.username_limit)
+        username = compiled_template(connection.username_template).render(display_name, role.name)
+        if len(username) > engine.username_limit:
+            raise InvalidRequest(
+                f"username_template rendered {len(username)} characters; "
+                f"the database allows {engine.username_limit}"
             )
-            if len(username) > engine.username_limit:
-                raise InvalidRequest(
-                    f"username_template rendered {len(username)} characters; "
-                    f"the database allows {engine.username_limit}"
-                )
-        else:
-            username = default_username(display_name, role.name, engine.username_limit)
+        return username
+
+    @staticmethod
+    def _new_lease(
+        role: Role,
+        connection: Connection,
+        username: str,
+        ttl: int,
+        max_ttl: int,
+        token_accessor: str | None,
+    ) -> NewLease:
+        """The row that holds everything revocation needs, issued now."""
         now = _now()
-        lease = NewLease(
-            lease_id=f"{mount}/creds/{role.name}/{lease_suffix()}",
-            mount=mount,
+        return NewLease(
+            lease_id=f"{role.mount}/creds/{role.name}/{lease_suffix()}",
+            mount=role.mount,
             role_name=role.name,
             connection_name=connection.name,
             plugin_name=connection.plugin_name,
@@ -261,32 +272,44 @@ class LeaseManager:
             max_expires_at=now + dt.timedelta(seconds=max_ttl),
             token_accessor=token_accessor,
         )
+
+    async def _write_lease_row(self, lease: NewLease) -> None:
+        """Commit the lease row ('creating') before anything exists on the target, with
+        the time the sweep takes it over should its creator never finish: the sooner of
+        its expiry and the creation timeout."""
         takeover_at = min(
-            lease.expires_at, now + dt.timedelta(seconds=self._settings.creation_timeout)
+            lease.expires_at,
+            lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout),
         )
         await self._inserts.submit((lease, takeover_at))
-        if inserted is not None:
-            inserted.set_result(None)
-        crash_point("after_lease_insert")
-        if not await self._connection_checks.submit((mount, connection.name)):
-            # Deleted since the context was read (or with its mount): revocation would have
-            # nothing to reach the user through, so none is made. A delete that began
-            # earlier counted this lease row and refused instead.
-            await self._storage.mark_lease_failed(lease.lease_id, "connection deleted")
+
+    async def _check_connection_kept(self, lease: NewLease, connection: Connection) -> None:
+        """After the row is committed, before the user is made: the connection must still
+        exist, else revocation would have nothing to reach the user through."""
+        if not await self._connection_checks.submit((lease.mount, connection.name)):
+            # Deleted since the context was read (or with its mount): no user is made. A
+            # delete that began earlier counted this lease row and refused instead.
+            await self._leases.mark_lease_failed(lease.lease_id, "connection deleted")
             raise InvalidRequest(f"unknown database connection {connection.name!r}")
 
+    async def _password_for(self, connection: Connection) -> str:
+        """From the connection's password policy when it names one, else the default."""
         policy = connection.options.get("password_policy")
         if policy and self._passwords is not None:
-            password = await self._passwords.generate(policy)
-        else:
-            password = generate_password()
+            return await self._passwords.generate(policy)
+        return generate_password()
+
+    async def _create_user(
+        self, engine: DatabaseEngine, role: Role, lease: NewLease, password: str
+    ) -> None:
+        """Create the user, recording on the lease row what a failure left behind."""
         try:
             # Bounded by the creation timeout: past it the sweep owns the lease, and the
             # recheck that follows a takeover assumes no creator is still at work.
             async with asyncio.timeout(self._settings.creation_timeout * 0.9):
                 await engine.create_user(
                     NewUserRequest(
-                        username=username,
+                        username=lease.username,
                         password=password,
                         expiration=lease.expires_at + EXPIRATION_GRACE,
                         creation_statements=role.creation_statements,
@@ -295,23 +318,23 @@ class LeaseManager:
                 )
         except (StatementError, TargetUnreachable) as exc:
             # Rolled back, or never reached: nothing exists on the target.
-            await self._storage.mark_lease_failed(lease.lease_id, exc.message)
+            await self._leases.mark_lease_failed(lease.lease_id, exc.message)
             raise
         except BaseException as exc:
             # Unknown outcome (connection lost mid-way, timed out, cancelled): hand the lease
             # to the sweep, whatever state a takeover left it in.
-            await asyncio.shield(self._storage.reopen_lease(lease.lease_id))
+            await asyncio.shield(self._leases.reopen_lease(lease.lease_id))
             if isinstance(exc, TimeoutError):
                 raise TargetUnavailable("creating the user timed out") from exc
             raise
-        crash_point("after_user_create")
 
+    async def _activate(self, lease: NewLease) -> None:
+        """'creating' becomes 'active', unless a revocation claimed the lease meanwhile:
+        then the user just made goes too."""
         if not await self._activations.submit(lease.lease_id):
-            # Revoked while we were creating the user; the user we just made must go too.
-            await self._storage.reopen_lease(lease.lease_id)
-            await self.revoke(lease.lease_id)
+            await self._leases.reopen_lease(lease.lease_id)
+            await self._revocations.revoke(lease.lease_id)
             raise InvalidRequest("the lease was revoked while its credentials were being created")
-        return IssuedCredentials(lease.lease_id, username, password, ttl, connection=connection)
 
     # -- lookup and renewal ---------------------------------------------------------------
 
@@ -320,22 +343,22 @@ class LeaseManager:
         lookup answers it: anything else is 400 "invalid lease". Vault forgets a lease when
         it revokes it, and clients (hvac's ``read_lease`` raising ``InvalidRequest``) take
         that answer to mean the login is gone; ``history`` keeps the rest."""
-        lease = await self._storage.get_lease(lease_id)
+        lease = await self._leases.get_lease(lease_id)
         if lease is None or not vault_knows(lease):
             raise InvalidRequest("invalid lease")
         return lease
 
     async def history(self, lease_id: str) -> Lease | None:
         """Every lease row still kept (until tidied), revoked or not: the broker's own view."""
-        return await self._storage.get_lease(lease_id)
+        return await self._leases.get_lease(lease_id)
 
     async def renew(self, lease_id: str, increment: int) -> RenewedLease:
-        lease = await self._storage.get_lease(lease_id)
+        lease = await self._leases.get_lease(lease_id)
         refusal = renewal_refusal(lease, _now())
         if refusal or lease is None:
             raise InvalidRequest(refusal or "lease not found")
         if increment <= 0:
-            role = await self._storage.get_role(lease.mount, lease.role_name)
+            role = await self._catalog.get_role(lease.mount, lease.role_name)
             increment = (role.default_ttl if role else 0) or self._settings.default_lease_ttl
         now = _now()
         expires_at = now + dt.timedelta(seconds=increment)
@@ -355,237 +378,27 @@ class LeaseManager:
         await self._engines.get(connection).renew_user(
             RenewUserRequest(lease.username, expires_at + EXPIRATION_GRACE, lease.renew_statements)
         )
-        if not await self._storage.renew_lease(lease_id, expires_at):
+        if not await self._leases.renew_lease(lease_id, expires_at):
             raise InvalidRequest("lease not found")  # revoked meanwhile
         return RenewedLease(lease_id, int((expires_at - now).total_seconds()), warnings)
 
     async def list_keys(self, prefix: str) -> list[str]:
-        return await self._storage.list_lease_keys(prefix)
+        return await self._leases.list_lease_keys(prefix)
 
-    # -- revocation -----------------------------------------------------------------------
+    # -- reports (sys/leases/count, sys/leases/irrevocable, sys/metrics) -------------------
 
-    async def revoke(self, lease_id: str, *, sync: bool = True) -> None:
-        """Revoke one lease, that id exactly; a lease that does not exist (or is already
-        revoked) is a success with nothing to do, as in Vault."""
-        if await self._storage.get_lease(lease_id) is None:
-            return
-        await self._revoke_matching(lease_id, exact=True, sync=sync)
+    async def failing_counts(self) -> dict[str, int]:
+        """Leases whose revocation keeps failing (Vault's "irrevocable"), by mount prefix."""
+        return await self._leases.count_failing_leases()
 
-    async def _prefix_scope(self, prefix: str) -> tuple[str, bool]:
-        """Vault's revokePrefixCommon: without a trailing slash, a prefix that is itself a
-        lease id means that one lease; otherwise it is whole path segments. A policy that
-        allows ``revoke-prefix/database/creds/app`` must never reach
-        ``database/creds/app-admin/...``."""
-        if prefix.endswith("/"):
-            return prefix, False
-        if await self._storage.get_lease(prefix) is not None:
-            return prefix, True
-        return prefix + "/", False
+    async def list_failing(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` failing leases with their last error and next attempt."""
+        return await self._leases.list_failing_leases(limit)
 
-    async def revoke_prefix(self, prefix: str, *, sync: bool = True) -> int:
-        """Revoke every live lease under ``prefix`` (whole segments, or the one lease it
-        names); returns how many were due."""
-        scope, exact = await self._prefix_scope(prefix)
-        return await self._revoke_matching(scope, exact=exact, sync=sync)
+    async def counts_by_state(self) -> list[tuple[str, str, str, int]]:
+        """(state, mount, role, count) of every lease row: the metrics' lease gauges."""
+        return await self._leases.lease_counts()
 
-    async def _revoke_matching(self, prefix: str, *, exact: bool, sync: bool) -> int:
-        """Revoke the leases of one scope: the id ``prefix`` when ``exact``, else every lease
-        under the segment prefix ``prefix``.
-
-        The rows are made due, then (when ``sync``) claimed and revoked here in batches,
-        through the same claim the scheduler uses, so the two never revoke one lease twice
-        at once and never lose one. Failures stay queued with backoff; the caller is told.
-        """
-        due = await self._storage.make_leases_due(prefix, exact=exact)
-        if not sync or due == 0:
-            return due
-        failures: list[str] = []
-        while True:
-            claimed = await self._storage.claim_due_leases(
-                self._settings.sweep_batch_size,
-                self._settings.claim_timeout,
-                prefix,
-                exact=exact,
-                owner=self._claim_owner,
-            )
-            if not claimed:
-                break
-            failures.extend(e for e in await self._revoke_claimed(claimed) if e)
-        # Leases another node claimed first: wait a little for it to finish them.
-        deadline = time.monotonic() + 10
-        pending = await self._storage.count_pending_leases(prefix, exact=exact)
-        while pending and not failures and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            pending = await self._storage.count_pending_leases(prefix, exact=exact)
-        if failures or pending:
-            detail = f": {failures[0]}" if failures else ""
-            raise TargetError(
-                f"{max(len(failures), pending)} revocation(s) under {prefix!r} did not complete "
-                f"and stay queued for retry{detail}"
-            )
-        return due
-
-    async def revoke_force(self, prefix: str) -> int:
-        """Vault's revoke-force: try to revoke, and forget the leases whatever happens.
-        The same scope as revoke-prefix (whole segments): forgetting a lease outside it
-        would leave its user alive with nothing left to revoke it."""
-        scope, exact = await self._prefix_scope(prefix)
-        try:
-            await self._revoke_matching(scope, exact=exact, sync=True)
-        except BrokerError as exc:
-            log.warning("revoke-force %s: %s", prefix, exc.message)
-        return await self._storage.force_revoked(scope, exact=exact)
-
-    async def sweep(self) -> SweepResult:
-        """Revoke every lease that is due: expired, retrying, or left by a crashed node.
-
-        Claims bounded batches, so memory stays flat however long the backlog.
-        """
-        result = SweepResult()
-        if self._storage.barrier.sealed:
-            return result  # the connection passwords cannot be read: nothing is revoked
-        started = time.monotonic()
-        async with self._sweep_lock:
-            while True:
-                claimed = await self._storage.claim_due_leases(
-                    self._settings.sweep_batch_size,
-                    self._settings.claim_timeout,
-                    owner=self._claim_owner,
-                )
-                if not claimed:
-                    break
-                errors = await self._revoke_claimed(claimed)
-                failed = [e for e in errors if e]
-                result.failed += len(failed)
-                result.revoked += len(errors) - len(failed)
-                result.errors.extend(failed[:10])
-                if len(claimed) < self._settings.sweep_batch_size:
-                    break
-        result.seconds = time.monotonic() - started
-        if self._metrics is not None:
-            self._metrics.sweep_seconds.observe(result.seconds)
-        return result
-
-    async def tidy(self) -> int:
-        """Remove revoked and failed lease rows older than the retention, in batches, so
-        the table stays small; live leases are never candidates."""
-        removed = 0
-        while True:
-            batch = await self._storage.tidy_leases(self._settings.lease_retention, _TIDY_BATCH)
-            removed += batch
-            if batch < _TIDY_BATCH:
-                break
-        removed_wraps = await self._storage.tidy_wrapped_responses()
-        if removed or removed_wraps:
-            log.info(
-                "tidied %d lease row(s), %d expired wrapped response(s)", removed, removed_wraps
-            )
-        return removed
-
-    async def wait_for_sweep(self, grace_seconds: float) -> None:
-        """Return once no sweep is running (or after ``grace_seconds``)."""
-        try:
-            async with asyncio.timeout(grace_seconds), self._sweep_lock:
-                pass
-        except TimeoutError:
-            log.warning("a sweep was still running after %.0fs at shutdown", grace_seconds)
-
-    async def release_claims(self) -> int:
-        """Hand unfinished claims back (due now), so another node need not wait out the
-        claim timeout. For shutdown, after in-flight work had its grace period."""
-        pending = list(self._in_flight)
-        await self._storage.release_claims(pending)
-        return len(pending)
-
-    async def _revoke_claimed(self, claimed: list[ClaimedLease]) -> list[str | None]:
-        """Revoke a batch; one error (or None) per lease, in order.
-
-        Leases are grouped by target and handed to its engine in chunks of the engine's
-        ``revoke_batch_size`` (PostgreSQL drops many roles per statement), with at most
-        ``revoke_concurrency`` chunks in flight. Successes are recorded together in one
-        storage round trip at the end: a crash before that leaves them claimed, and the
-        next claim revokes them again (a no-op).
-        """
-        semaphore = asyncio.Semaphore(self._settings.revoke_concurrency)
-        errors: dict[str, str | None] = {}
-        finished: list[str] = []
-        groups: dict[tuple[str, str], list[ClaimedLease]] = {}
-        for lease in claimed:
-            groups.setdefault((lease.mount, lease.connection_name), []).append(lease)
-
-        async def chunk(engine: DatabaseEngine, leases: list[ClaimedLease]) -> None:
-            async with semaphore:
-                try:
-                    outcomes = await engine.revoke_users(
-                        [RevokeUserRequest(x.username, x.revocation_statements) for x in leases]
-                    )
-                except BrokerError as exc:
-                    outcomes = [exc.message] * len(leases)
-            for lease, error in zip(leases, outcomes, strict=True):
-                errors[lease.lease_id] = await self._record_outcome(lease, error, finished)
-
-        tasks = []
-        for (mount, name), leases in groups.items():
-            connection = await self._storage.get_connection(mount, name)
-            if connection is None:
-                for lease in leases:
-                    missing = f"connection {name!r} no longer exists"
-                    errors[lease.lease_id] = await self._record_outcome(lease, missing, finished)
-                continue
-            engine = self._engines.get(connection)
-            size = max(1, engine.revoke_batch_size)
-            tasks += [chunk(engine, leases[i : i + size]) for i in range(0, len(leases), size)]
-
-        # Claimed and not yet recorded; if this is cancelled (shutdown), what is left here is
-        # handed back by release_claims. If recording fails, the claim timeout hands it back.
-        self._in_flight.update(lease.lease_id for lease in claimed)
-        await asyncio.gather(*tasks)
-        try:
-            await self._storage.finish_revocations(finished)
-        finally:
-            self._in_flight.difference_update(finished)
-        return [errors[lease.lease_id] for lease in claimed]
-
-    async def _record_outcome(
-        self, lease: ClaimedLease, error: str | None, finished: list[str]
-    ) -> str | None:
-        """A failure is rescheduled with backoff now; a success joins ``finished`` (or is
-        rechecked later, for a lease claimed while still being created)."""
-        if self._metrics is not None:
-            outcome = "failed" if error is not None else "revoked"
-            self._metrics.revocations.labels(lease.plugin_name, outcome).inc()
-            lag = (_now() - lease.expires_at).total_seconds()
-            if error is None and lag >= 0:  # expiry-driven, not an early explicit revoke
-                self._metrics.revocation_lag.labels(lease.plugin_name).observe(lag)
-        if error is not None:
-            delay = backoff_seconds(lease.attempts, self._settings.revoke_backoff_max)
-            log.warning(
-                "revoking %s failed (attempt %d, retry in %.0fs): %s",
-                lease.lease_id,
-                lease.attempts,
-                delay,
-                error,
-            )
-            await self._storage.schedule_revocation_retry(lease.lease_id, delay, error)
-            self._in_flight.discard(lease.lease_id)
-            return error
-        crash_point("after_user_revoke")
-        if await self._needs_recheck(lease):
-            self._in_flight.discard(lease.lease_id)
-        else:
-            finished.append(lease.lease_id)
-        return None
-
-    async def _needs_recheck(self, lease: ClaimedLease) -> bool:
-        """A lease still 'creating' when claimed may have a creator that is slow rather
-        than dead; once no creation can still be running, revoke once more. A claim taken
-        over unfinished (from a dead or departed node) counts as 'creating' too: its first
-        holder may have claimed it so and died before scheduling this (see the SQL)."""
-        if lease.prior_state != "creating":
-            return False
-        recheck_at = lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout)
-        remaining = (recheck_at - _now()).total_seconds()
-        if remaining <= 0:
-            return False
-        await self._storage.schedule_revocation_recheck(lease.lease_id, remaining)
-        return True
+    async def sweep_backlog(self) -> int:
+        """Live leases already due for revocation: how far revocation is behind."""
+        return await self._leases.sweep_backlog()

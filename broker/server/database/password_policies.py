@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from broker.exceptions import InvalidRequest, NotFound
 from broker.server.hcl_documents import parse_document
 from broker.server.secrets_gen import generate_password, random_string
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
 
 MIN_LENGTH, MAX_LENGTH = 4, 100
 _UNSAFE = set("'\"\\`")
@@ -109,32 +109,32 @@ def _label(text: str) -> str:
 
 def _rule_index(key: str) -> int:
     _, _, index = key.partition("#")
-    return int(index) if index.isdigit() else 0
+    return int(index) if index.isascii() and index.isdigit() else 0
 
 
 class PasswordPolicyStore:
     """Stored policies, parsed and cached per node for the issuance path (seconds)."""
 
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
+    def __init__(self, store: CatalogStore) -> None:
+        self._store = store
         self._cache: dict[str, tuple[float, PasswordPolicy]] = {}
 
     async def write(self, name: str, text: str) -> None:
         parse_password_policy(text)
-        await self._storage.upsert_password_policy(name, text)
+        await self._store.upsert_password_policy(name, text)
         self._cache.pop(name, None)
 
     async def read(self, name: str) -> str:
-        text = await self._storage.get_password_policy(name)
+        text = await self._store.get_password_policy(name)
         if text is None:
             raise NotFound()
         return text
 
     async def list(self) -> list[str]:
-        return await self._storage.list_password_policies()
+        return await self._store.list_password_policies()
 
     async def delete(self, name: str) -> None:
-        await self._storage.delete_password_policy(name)
+        await self._store.delete_password_policy(name)
         self._cache.pop(name, None)
 
     async def policy(self, name: str) -> PasswordPolicy:
@@ -142,7 +142,7 @@ class PasswordPolicyStore:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        text = await self._storage.get_password_policy(name)
+        text = await self._store.get_password_policy(name)
         if text is None:
             raise InvalidRequest(f"password policy {name!r} does not exist")
         policy = parse_password_policy(text)

@@ -19,7 +19,8 @@ from broker.models import Connection
 from broker.server.engines.base import RevokeUserRequest
 from broker.server.engines.registry import EngineRegistry
 from broker.server.engines.templates import is_issued_username
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
+from broker.server.storage.leases import LeaseStore
 
 log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "v_"
@@ -46,14 +47,15 @@ def username_prefix(connection: Connection) -> str:
 
 
 class Reconciler:
-    def __init__(self, storage: Storage, engines: EngineRegistry) -> None:
-        self._storage = storage
+    def __init__(self, catalog: CatalogStore, leases: LeaseStore, engines: EngineRegistry) -> None:
+        self._catalog = catalog
+        self._leases = leases
         self._engines = engines
 
     async def run(self, *, revoke: bool = False) -> ReconcileReport:
         report = ReconcileReport([], [], [])
         seen: set[str] = set()
-        for connection in await self._storage.list_all_connections():
+        for connection in await self._catalog.list_all_connections():
             prefix = username_prefix(connection)
             if not prefix:
                 continue
@@ -72,7 +74,7 @@ class Reconciler:
                     connection.name,
                 )
             names = [n for n in names if is_issued_username(n)]
-            live = await self._storage.live_usernames(names) if names else set()
+            live = await self._leases.live_usernames(names) if names else set()
             for name in names:
                 if name in live:
                     continue

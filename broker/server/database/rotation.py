@@ -38,13 +38,13 @@ from broker.exceptions import (
     TooManyRequests,
 )
 from broker.models import Connection, StaticRole
-from broker.server.database.leases import backoff_seconds
 from broker.server.database.password_policies import PasswordPolicyStore
+from broker.server.database.revocation import backoff_seconds
 from broker.server.engines.base import SetPasswordRequest
 from broker.server.engines.registry import EngineRegistry, build_engine
 from broker.server.engines.templates import check_account_name, check_statements
 from broker.server.faults import crash_point
-from broker.server.storage.store import Storage
+from broker.server.storage.catalog import CatalogStore
 
 log = logging.getLogger(__name__)
 MIN_ROTATION_PERIOD = 5  # seconds, as in Vault
@@ -89,14 +89,14 @@ class RotationBusy(TooManyRequests):
 
 class Rotations:
     def __init__(
-        self, storage: Storage, engines: EngineRegistry, passwords: PasswordPolicyStore
+        self, store: CatalogStore, engines: EngineRegistry, passwords: PasswordPolicyStore
     ) -> None:
-        self._storage = storage
+        self._store = store
         self._engines = engines
         self._passwords = passwords
 
     async def _connection(self, mount: str, name: str) -> Connection:
-        connection = await self._storage.get_connection(mount, name)
+        connection = await self._store.get_connection(mount, name)
         if connection is None:
             raise InvalidRequest(f"unknown database connection {name!r}")
         return connection
@@ -106,7 +106,7 @@ class Rotations:
     async def write_static_role(self, mount: str, name: str, update: StaticRoleUpdate) -> None:
         """Validate, store, and (on creation, as Vault does) rotate at once, so the broker
         knows the password it will serve."""
-        existing = await self._storage.get_static_role(mount, name)
+        existing = await self._store.get_static_role(mount, name)
         if existing is None:
             if not update.db_name or not update.username:
                 raise InvalidRequest("db_name and username are required")
@@ -147,7 +147,7 @@ class Rotations:
                 f"user {role.username!r} does not exist on database connection {role.db_name!r}"
             )
         role = dataclasses.replace(role, next_rotation=next_rotation(role, _now()))
-        await self._storage.upsert_static_role(role)
+        await self._store.upsert_static_role(role)
         if existing is None:
             try:
                 await self.rotate_static(mount, name)
@@ -155,25 +155,25 @@ class Rotations:
                 # Nothing changed on the target (no such account, no privilege, target not
                 # reached): as in Vault, the role is not created. Any other failure leaves
                 # the pending rotation for the scheduler, which knows its password.
-                await self._storage.delete_static_role(mount, name)
+                await self._store.delete_static_role(mount, name)
                 raise
 
     async def read_static_role(self, mount: str, name: str) -> StaticRole:
-        role = await self._storage.get_static_role(mount, name)
+        role = await self._store.get_static_role(mount, name)
         if role is None:
             raise NotFound()
         return role
 
     async def list_static_roles(self, mount: str) -> list[str]:
-        return await self._storage.list_static_roles(mount)
+        return await self._store.list_static_roles(mount)
 
     async def delete_static_role(self, mount: str, name: str) -> None:
         """The account stays on the target with its last password (Vault's behaviour)."""
-        await self._storage.delete_static_role(mount, name)
+        await self._store.delete_static_role(mount, name)
 
     async def rotate_static(self, mount: str, name: str, *, wait: bool = True) -> bool:
         """Rotate now. False when another rotation holds the account and ``wait`` is off."""
-        async with self._storage.rotation_lock(f"static/{mount}/{name}") as got:
+        async with self._store.rotation_lock(f"static/{mount}/{name}") as got:
             if not got:
                 if wait:
                     raise RotationBusy()
@@ -183,7 +183,7 @@ class Rotations:
             password = role.pending_password
             if password is None:
                 password = await self._passwords.generate(connection.options.get("password_policy"))
-                await self._storage.set_static_pending(mount, name, password)
+                await self._store.set_static_pending(mount, name, password)
             crash_point("after_static_pending")
             try:
                 # Checked again here for roles stored before names were checked on write.
@@ -193,10 +193,10 @@ class Rotations:
                 )
             except BrokerError as exc:
                 delay = backoff_seconds(role.attempts + 1, cap=300.0)
-                await self._storage.fail_static_rotation(mount, name, exc.message, delay)
+                await self._store.fail_static_rotation(mount, name, exc.message, delay)
                 raise
             crash_point("after_static_change")
-            await self._storage.commit_static_rotation(
+            await self._store.commit_static_rotation(
                 mount, name, password, next_rotation(role, _now())
             )
             log.info("rotated static role %s/%s", mount, name)
@@ -206,8 +206,8 @@ class Rotations:
         """Scheduled: rotate what is due (or left pending by a crash). A scheduled time
         missed by more than ``rotation_window`` waits for the next one, as in Vault."""
         done = 0
-        for mount, name in await self._storage.due_static_roles(_DUE_BATCH):
-            role = await self._storage.get_static_role(mount, name)
+        for mount, name in await self._store.due_static_roles(_DUE_BATCH):
+            role = await self._store.get_static_role(mount, name)
             if role is None:
                 continue
             late = (_now() - role.next_rotation).total_seconds()
@@ -218,7 +218,7 @@ class Rotations:
                 and late > role.rotation_window
                 and role.attempts == 0
             ):
-                await self._storage.upsert_static_role(
+                await self._store.upsert_static_role(
                     dataclasses.replace(role, next_rotation=next_rotation(role, _now()))
                 )
                 continue
@@ -232,21 +232,21 @@ class Rotations:
     # -- the broker's own admin account ---------------------------------------------------
 
     async def rotate_root(self, mount: str, name: str) -> None:
-        async with self._storage.rotation_lock(f"root/{mount}/{name}") as got:
+        async with self._store.rotation_lock(f"root/{mount}/{name}") as got:
             if not got:
                 raise RotationBusy()
             connection = await self._connection(mount, name)
             if not connection.username:
                 raise InvalidRequest("the connection has no username whose password to rotate")
             check_account_name("the connection's username", connection.username)
-            pending = await self._storage.connection_pending_password(mount, name)
+            pending = await self._store.connection_pending_password(mount, name)
             if pending is None:
                 pending = await self._passwords.generate(connection.options.get("password_policy"))
-                await self._storage.set_connection_pending_password(mount, name, pending)
+                await self._store.set_connection_pending_password(mount, name, pending)
             crash_point("after_root_pending")
             await self._change_root(connection, pending)
             crash_point("after_root_change")
-            await self._storage.commit_connection_password(mount, name)
+            await self._store.commit_connection_password(mount, name)
             self._engines.forget(mount, name)
             log.info("rotated the root credentials of %s/%s", mount, name)
 
@@ -275,7 +275,7 @@ class Rotations:
     async def finish_root_rotations(self) -> int:
         """Scheduled and after unseal: rotations of root credentials a crash left pending."""
         finished = 0
-        for mount, name in await self._storage.connections_with_pending_password():
+        for mount, name in await self._store.connections_with_pending_password():
             try:
                 await self.rotate_root(mount, name)
                 finished += 1

@@ -1,4 +1,5 @@
-"""The interface every database plugin implements, and the requests it receives.
+"""The interface every database plugin implements, the requests it receives, and the values
+its statement templates are rendered with.
 
 Plugins see only these request records: the lease manager owns TTLs, passwords and
 leases; a plugin knows nothing of HTTP or of the broker's storage.
@@ -132,3 +133,17 @@ class DatabaseEngine(Protocol):
 def format_expiration(moment: dt.datetime) -> str:
     """``{{expiration}}`` as both PostgreSQL and MySQL parse it, in UTC."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
+
+
+def template_values(
+    username: str, *, password: str | None = None, expiration: dt.datetime | None = None
+) -> dict[str, str]:
+    """The ``{{variables}}`` a statement is rendered with: the user under both of Vault's
+    names for it, plus the password and the expiry where the statement kind is given them
+    (``templates.STATEMENT_VARIABLES``; revocation, for one, never sees a password)."""
+    values = {"name": username, "username": username}
+    if password is not None:
+        values["password"] = password
+    if expiration is not None:
+        values["expiration"] = format_expiration(expiration)
+    return values

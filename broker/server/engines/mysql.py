@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import re
-import time
-import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,82 +34,23 @@ from broker.server.engines.base import (
     RenewUserRequest,
     RevokeUserRequest,
     SetPasswordRequest,
-    format_expiration,
+    template_values,
 )
-from broker.server.engines.templates import expand_statements, render, render_sql
+from broker.server.engines.mysql_connect import connect_arguments as connect_arguments
+from broker.server.engines.mysql_connect import is_connect_error
+from broker.server.engines.mysql_connect import parse_connection_url as parse_connection_url
+from broker.server.engines.mysql_sessions import (
+    ServerFacts,
+    admin_warnings,
+    kill_sessions,
+    remaining_sessions,
+)
+from broker.server.engines.pooled import PooledEngine
+from broker.server.engines.templates import expand_statements, render_sql
 from broker.server.redaction import redact
 
 DEFAULT_CREATION = ("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",)
-
-_GO_DSN = re.compile(
-    r"^(?:(?P<user>[^:@]*)(?::(?P<password>.*))?@)?"
-    r"(?:(?P<net>tcp|unix)\((?P<addr>[^)]*)\))?"
-    r"/(?P<db>[^?]*)(?:\?(?P<params>.*))?$"
-)
-# Errors that mean the server is unreachable or refused us, as opposed to a bad statement.
-_CONNECT_ERROR_CODES = {1040, 1045, 1049, 1129, 1130, 2002, 2003, 2005, 2006, 2013}
-#: KILL of a thread that no longer exists (ended by itself meanwhile).
-_UNKNOWN_THREAD = 1094
-#: How long revocation waits for killed sessions to leave the process list.
-_SESSION_EXIT_WAIT = 5.0
-
-
-def parse_connection_url(template: str) -> dict[str, str]:
-    """Connection fields from Vault's Go driver DSN
-    (``{{username}}:{{password}}@tcp(host:port)/db?params``) or a ``mysql://`` URL.
-
-    Parsed with the placeholders still in, so credentials cannot change the address.
-    """
-    text = template.strip()
-    fields: dict[str, str] = {}
-    if text.startswith(("mysql://", "mariadb://")):
-        url = urllib.parse.urlsplit(text)
-        fields["user"] = urllib.parse.unquote(url.username or "")
-        fields["password"] = urllib.parse.unquote(url.password or "")
-        fields["host"] = url.hostname or "127.0.0.1"
-        fields["port"] = str(url.port or 3306)
-        fields["db"] = url.path.strip("/")
-        return fields
-    match = _GO_DSN.match(text)
-    if not match:
-        raise InvalidRequest(
-            "connection_url: expected {{username}}:{{password}}@tcp(host:port)/dbname"
-        )
-    fields["user"] = match.group("user") or ""
-    fields["password"] = match.group("password") or ""
-    fields["db"] = match.group("db") or ""
-    addr = match.group("addr") or "127.0.0.1:3306"
-    if match.group("net") == "unix":
-        fields["unix_socket"] = addr
-    else:
-        host, _, port = addr.rpartition(":") if ":" in addr else (addr, "", "3306")
-        fields["host"] = host.strip("[]") or "127.0.0.1"
-        if not port.isdigit():
-            raise InvalidRequest("connection_url: invalid port")
-        fields["port"] = port
-    return fields
-
-
-def connect_arguments(config: ConnectionConfig) -> dict[str, Any]:
-    fields = parse_connection_url(config.connection_url)
-    fill = {"username": config.username, "password": config.password}
-    fields = {key: render(value, fill) for key, value in fields.items()}
-    args: dict[str, Any] = {
-        "user": fields.get("user") or config.username,
-        "password": fields.get("password") or config.password,
-        "autocommit": True,
-        "connect_timeout": int(config.options.get("connect_timeout", 5)),
-        # Expiry events are scheduled in UTC whatever the server's zone.
-        "init_command": "SET time_zone = '+00:00'",
-    }
-    if fields.get("db"):
-        args["db"] = fields["db"]
-    if "unix_socket" in fields:
-        args["unix_socket"] = fields["unix_socket"]
-    else:
-        args["host"] = fields["host"]
-        args["port"] = int(fields["port"])
-    return args
+_DRIVER_ERRORS = (pymysql.err.MySQLError, OSError, TimeoutError)
 
 
 def quote_ident(name: str) -> str:
@@ -124,20 +62,27 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _is_connect_error(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError):
-        return True
-    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
-        return exc.args[0] in _CONNECT_ERROR_CODES
-    return False
+async def _run(cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
+    """Template statements one by one, without parameters (see the module's docstring)."""
+    for statement in statements:
+        await cur.execute(render_sql(statement, values))
 
 
-class MySQLEngine:
+async def _hosts(cur: Any, username: str) -> list[str]:
+    """Every host an account of that name exists for."""
+    await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (username,))
+    return [row[0] for row in await cur.fetchall()]
+
+
+class MySQLEngine(PooledEngine[Any, Any]):
+    database_label = "MySQL"
+    pool_errors = (Exception,)
+    acquire_errors = _DRIVER_ERRORS
+    use_errors = _DRIVER_ERRORS
+
     def __init__(self, config: ConnectionConfig, *, username_limit: int = 32) -> None:
-        self._config = config
         self._args = connect_arguments(config)
-        self._max_size = int(config.options.get("max_open_connections", 8))
-        self._acquire_timeout = float(config.options.get("statement_timeout", 30))
+        super().__init__(config)
         # Opt-in database-side expiry: MySQL has no VALID UNTIL, so a one-shot event per user
         # drops it at expiry (plus grace) even when every broker node is down.
         self._expiry_event = bool(config.options.get("expiry_event"))
@@ -149,10 +94,7 @@ class MySQLEngine:
                 "expiry_event needs a database for the events: expiry_event_schema, or a "
                 "database in connection_url"
             )
-        self._is_mariadb: bool | None = None
-        self._sees_sessions = False
-        self._pool: aiomysql.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._server = ServerFacts()
         self.username_limit = username_limit
         #: One user per call: the sweep's concurrency then applies per user.
         self.revoke_batch_size = 1
@@ -160,49 +102,35 @@ class MySQLEngine:
     def target_hosts(self) -> tuple[str, ...]:
         return (str(self._args.get("unix_socket") or self._args["host"]),)
 
-    async def _get_pool(self) -> aiomysql.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._pool_lock:
-            if self._pool is None:
-                try:
-                    self._pool = await aiomysql.create_pool(
-                        minsize=0, maxsize=self._max_size, pool_recycle=300, **self._args
-                    )
-                except Exception as exc:
-                    raise TargetUnreachable(
-                        "cannot connect to MySQL: " + redact(str(exc), self._config.secrets)
-                    ) from exc
-            return self._pool
+    # -- the pool (PooledEngine) ------------------------------------------------------------
+
+    async def _open_pool(self) -> Any:
+        return await aiomysql.create_pool(
+            minsize=0, maxsize=self._max_size, pool_recycle=300, **self._args
+        )
+
+    async def _acquire(self, pool: Any) -> Any:
+        async with asyncio.timeout(self._acquire_timeout):
+            return await pool.acquire()
+
+    async def _release(self, pool: Any, conn: Any) -> None:
+        pool.release(conn)  # not a coroutine
+
+    async def _close_pool(self, pool: Any) -> None:
+        pool.close()
+        await pool.wait_closed()
+
+    def _pool_sizes(self, pool: Any) -> tuple[int, int, int]:
+        return int(pool.size), int(pool.freesize), int(pool.maxsize)
+
+    def connection_lost(self, exc: BaseException) -> bool:
+        return is_connect_error(exc)
 
     @asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
-        """A cursor on a pooled connection. Failing to get one is ``TargetUnreachable``
-        (nothing was sent); losing it mid-way is ``TargetUnavailable`` (outcome unknown)."""
-        pool = await self._get_pool()
-        try:
-            async with asyncio.timeout(self._acquire_timeout):
-                conn = await pool.acquire()
-        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
-            raise TargetUnreachable(
-                "cannot connect to MySQL: "
-                + redact(str(exc) or type(exc).__name__, self._config.secrets)
-            ) from exc
-        try:
-            async with conn.cursor() as cur:
-                yield cur
-        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
-            if _is_connect_error(exc):
-                raise TargetUnavailable(
-                    "MySQL connection failed: " + redact(str(exc), self._config.secrets)
-                ) from exc
-            raise
-        finally:
-            pool.release(conn)
-
-    async def _run(self, cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
-        for statement in statements:
-            await cur.execute(render_sql(statement, values))
+        """A cursor on a pooled connection (errors as ``PooledEngine._connection``)."""
+        async with self._connection() as conn, conn.cursor() as cur:
+            yield cur
 
     async def verify_connection(self) -> None:
         async with self._cursor() as cur:
@@ -226,21 +154,16 @@ class MySQLEngine:
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     async def _create_expiry_event(self, cur: Any, username: str, at: dt.datetime) -> None:
-        if self._is_mariadb is None:
-            await cur.execute("SELECT VERSION()")
-            row = await cur.fetchone()
-            self._is_mariadb = bool(row and "mariadb" in str(row[0]).lower())
-        await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (username,))
-        hosts = [row[0] for row in await cur.fetchall()]
-        accounts = [(username, host) for host in hosts]
+        mariadb = await self._server.is_mariadb(cur)
+        accounts = [(username, host) for host in await _hosts(cur, username)]
         body = ["DECLARE CONTINUE HANDLER FOR SQLEXCEPTION BEGIN END;"]
         body += ["ALTER USER %s@%s ACCOUNT LOCK;"] * len(accounts)
-        if self._is_mariadb:
+        if mariadb:
             body.append("KILL USER %s;")
         body += ["DROP USER IF EXISTS %s@%s;"] * len(accounts)
         args: list[str] = [self._event_time(at)]
         args += [v for account in accounts for v in account]
-        if self._is_mariadb:
+        if mariadb:
             args.append(username)
         args += [v for account in accounts for v in account]
         await cur.execute(
@@ -249,18 +172,17 @@ class MySQLEngine:
             args,
         )
 
+    # -- DatabaseEngine ---------------------------------------------------------------------
+
     async def create_user(self, request: NewUserRequest) -> None:
-        values = {
-            "name": request.username,
-            "username": request.username,
-            "password": request.password,
-            "expiration": format_expiration(request.expiration),
-        }
+        values = template_values(
+            request.username, password=request.password, expiration=request.expiration
+        )
         statements = expand_statements(request.creation_statements or DEFAULT_CREATION)
-        secrets = (*self._config.secrets, request.password)
+        secrets = self._secrets((request.password,))
         try:
             async with self._cursor() as cur:
-                await self._run(cur, statements, values)
+                await _run(cur, statements, values)
                 if self._expiry_event:
                     await self._create_expiry_event(cur, request.username, request.expiration)
         except TargetUnreachable:
@@ -272,15 +194,9 @@ class MySQLEngine:
                 await self._rollback(request, values)
             raise TargetUnavailable(exc.message) from exc
         except pymysql.err.MySQLError as exc:
-            message = redact(str(exc), secrets)
-            try:
-                await self._rollback(request, values)
-            except BrokerError as rollback_exc:
-                raise TargetUnavailable(
-                    f"creation statements failed ({message}) and the rollback could not "
-                    "confirm the user is gone"
-                ) from rollback_exc
-            raise StatementError(f"creation statements failed: {message}") from exc
+            await self._undo_failed_creation(
+                redact(str(exc), secrets), exc, lambda: self._rollback(request, values)
+            )
 
     async def _rollback(self, request: NewUserRequest, values: Mapping[str, str]) -> None:
         """Run the rollback statements, then make sure the user is gone at every host.
@@ -290,7 +206,7 @@ class MySQLEngine:
         if request.rollback_statements:
             with contextlib.suppress(pymysql.err.MySQLError, TargetError):
                 async with self._cursor() as cur:
-                    await self._run(cur, expand_statements(request.rollback_statements), values)
+                    await _run(cur, expand_statements(request.rollback_statements), values)
         await self.revoke_user(RevokeUserRequest(request.username, ()))
 
     async def renew_user(self, request: RenewUserRequest) -> None:
@@ -302,17 +218,13 @@ class MySQLEngine:
                 )
         if not request.renew_statements:
             return
-        values = {
-            "name": request.username,
-            "username": request.username,
-            "expiration": format_expiration(request.expiration),
-        }
+        values = template_values(request.username, expiration=request.expiration)
         try:
             async with self._cursor() as cur:
-                await self._run(cur, expand_statements(request.renew_statements), values)
+                await _run(cur, expand_statements(request.renew_statements), values)
         except pymysql.err.MySQLError as exc:
             raise StatementError(
-                "renew statements failed: " + redact(str(exc), self._config.secrets)
+                "renew statements failed: " + redact(str(exc), self._secrets())
             ) from exc
 
     async def user_exists(self, username: str) -> bool:
@@ -323,26 +235,19 @@ class MySQLEngine:
                 return await cur.fetchone() is not None
         except pymysql.err.MySQLError as exc:
             raise TargetError(
-                "looking up the user failed: " + redact(str(exc), self._config.secrets)
+                "looking up the user failed: " + redact(str(exc), self._secrets())
             ) from exc
 
     async def set_password(self, request: SetPasswordRequest) -> None:
         """Without statements: the account at every host it exists for (Vault's default
         names only '%', which misses 'root'@'localhost' and the like)."""
-        values = {
-            "name": request.username,
-            "username": request.username,
-            "password": request.password,
-        }
+        values = template_values(request.username, password=request.password)
         try:
             async with self._cursor() as cur:
                 if request.statements:
-                    await self._run(cur, expand_statements(request.statements), values)
+                    await _run(cur, expand_statements(request.statements), values)
                     return
-                await cur.execute(
-                    "SELECT Host FROM mysql.user WHERE User = %s", (request.username,)
-                )
-                hosts = [row[0] for row in await cur.fetchall()]
+                hosts = await _hosts(cur, request.username)
                 if not hosts:
                     raise StatementError(f"no account {request.username!r} on the server")
                 for host in hosts:
@@ -353,7 +258,7 @@ class MySQLEngine:
         except pymysql.err.MySQLError as exc:
             raise StatementError(
                 "rotation statements failed: "
-                + redact(str(exc), (*self._config.secrets, request.password))
+                + redact(str(exc), self._secrets((request.password,)))
             ) from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
@@ -367,200 +272,95 @@ class MySQLEngine:
         """
         name = request.username
         try:
-            await self._revoke(request)
+            errors = await self._revoke(request)
         except pymysql.err.MySQLError as exc:
             # A look-up the admin may not make (SELECT on mysql.user, the process list).
             raise TargetError(
-                f"revoking {name} failed: " + redact(str(exc), self._config.secrets)
+                f"revoking {name} failed: " + redact(str(exc), self._secrets())
             ) from exc
+        if errors is not None:
+            raise TargetError(
+                f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._secrets())
+            )
 
-    async def _revoke(self, request: RevokeUserRequest) -> None:
+    async def _revoke(self, request: RevokeUserRequest) -> list[str] | None:
+        """The steps of ``revoke_user``; None when revoked, else what went wrong. Each
+        step runs whatever the one before it managed (best effort)."""
         name = request.username
         errors: list[str] = []
         async with self._cursor() as cur:
             if self._expiry_event:
                 await cur.execute(f"DROP EVENT IF EXISTS {self._event_name(name)}")
-            await cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (name,))
-            hosts = [row[0] for row in await cur.fetchall()]
-            for host in hosts:
-                try:
-                    await cur.execute("ALTER USER %s@%s ACCOUNT LOCK", (name, host))
-                except pymysql.err.MySQLError as exc:
-                    errors.append(str(exc))
-            kill_error = await self._kill_sessions(cur, name)
+            hosts = await _hosts(cur, name)
+            await self._each_account(cur, "ALTER USER %s@%s ACCOUNT LOCK", name, hosts, errors)
+            kill_error = await kill_sessions(cur, name)
             if hosts and request.revocation_statements:
                 try:
-                    await self._run(
-                        cur,
-                        expand_statements(request.revocation_statements),
-                        {"name": name, "username": name},
-                    )
+                    statements = expand_statements(request.revocation_statements)
+                    await _run(cur, statements, template_values(name))
                 except pymysql.err.MySQLError as exc:
                     errors.append(str(exc))
-            for host in hosts:
-                try:
-                    await cur.execute("DROP USER IF EXISTS %s@%s", (name, host))
-                except pymysql.err.MySQLError as exc:
-                    errors.append(str(exc))
+            await self._each_account(cur, "DROP USER IF EXISTS %s@%s", name, hosts, errors)
             await cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (name,))
             row = await cur.fetchone()
-            user_gone = bool(row and row[0] == 0)
-            if user_gone:
-                remaining = await self._remaining_sessions(cur, name, wait=not kill_error)
-                if remaining == 0 and await self._sees_all_sessions(cur):
-                    return
-                me = await self._account(cur)
-                if remaining:
-                    errors.append(
-                        f"{remaining} session(s) of {name} remain: "
-                        + (
-                            f"KILL was refused ({kill_error}): "
-                            + await self._kill_grant_hint(cur, me)
-                            if kill_error
-                            else "they were killed but did not end"
-                        )
-                    )
-                else:
-                    errors.append(
-                        f"cannot tell whether sessions of {name} remain: the admin lacks "
-                        f"PROCESS, without which other users' sessions are invisible "
-                        f"(GRANT PROCESS ON *.* TO {me})"
-                    )
-        raise TargetError(
-            f"revoking {name} failed: " + redact("; ".join(errors[-3:]), self._config.secrets)
-        )
+            if row and row[0] == 0:  # the user is gone: are its sessions?
+                problem = await self._sessions_problem(cur, name, kill_error)
+                if problem is None:
+                    return None
+                errors.append(problem)
+        return errors
 
-    async def _kill_sessions(self, cur: Any, name: str) -> str:
-        """KILL every session of ``name``; the first refusal's message ('' if none). A
-        session that ended by itself meanwhile (unknown thread id) is no refusal."""
-        await cur.execute(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s "
-            "AND ID <> CONNECTION_ID()",
-            (name,),
-        )
-        refused = ""
-        for (thread_id,) in await cur.fetchall():
+    @staticmethod
+    async def _each_account(
+        cur: Any, statement: str, name: str, hosts: list[str], errors: list[str]
+    ) -> None:
+        """``statement`` (``%s@%s``) for the account at each host; failures into ``errors``."""
+        for host in hosts:
             try:
-                await cur.execute("KILL CONNECTION %s", (int(thread_id),))
+                await cur.execute(statement, (name, host))
             except pymysql.err.MySQLError as exc:
-                if _is_connect_error(exc):
-                    raise
-                if exc.args and exc.args[0] == _UNKNOWN_THREAD:
-                    continue
-                refused = refused or str(exc)
-        return refused
+                errors.append(str(exc))
 
-    async def _remaining_sessions(self, cur: Any, name: str, *, wait: bool) -> int:
-        """Sessions of ``name`` still listed; killed ones take a moment to go, so with
-        ``wait`` this polls for a few seconds."""
-        deadline = time.monotonic() + (_SESSION_EXIT_WAIT if wait else 0)
-        while True:
-            await cur.execute(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s "
-                "AND ID <> CONNECTION_ID()",
-                (name,),
-            )
-            row = await cur.fetchone()
-            remaining = int(row[0]) if row else 0
-            if not remaining or time.monotonic() >= deadline:
-                return remaining
-            await asyncio.sleep(0.05)
-
-    async def _global_privileges(self, cur: Any) -> set[str]:
-        """The admin account's own global privileges (a user sees only its own rows)."""
-        await cur.execute(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = "
-            "CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', "
-            "SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')"
-        )
-        return {str(row[0]).upper() for row in await cur.fetchall()}
-
-    async def _sees_all_sessions(self, cur: Any) -> bool:
-        """Whether the admin sees every user's sessions (PROCESS); remembered once true."""
-        if not self._sees_sessions:
-            self._sees_sessions = "PROCESS" in await self._global_privileges(cur)
-        return self._sees_sessions
-
-    async def _account(self, cur: Any) -> str:
-        """The admin's account as a GRANT names it: 'user'@'host'."""
-        await cur.execute("SELECT CURRENT_USER()")
-        row = await cur.fetchone()
-        user, _, host = str(row[0] if row else "").rpartition("@")
-        return f"'{user}'@'{host}'"
-
-    async def _mariadb(self, cur: Any) -> bool:
-        if self._is_mariadb is None:
-            await cur.execute("SELECT VERSION()")
-            row = await cur.fetchone()
-            self._is_mariadb = bool(row and "mariadb" in str(row[0]).lower())
-        return self._is_mariadb
-
-    async def _kill_grant_hint(self, cur: Any, me: str) -> str:
-        if await self._mariadb(cur):
+    async def _sessions_problem(self, cur: Any, name: str, kill_error: str) -> str | None:
+        """Why sessions of the dropped user ``name`` may live on, naming the fix; None when
+        none remain and the admin can see that."""
+        remaining = await remaining_sessions(cur, name, wait=not kill_error)
+        if remaining == 0 and await self._server.sees_all_sessions(cur):
+            return None
+        me = await self._server.account(cur)
+        if not remaining:
             return (
-                "ending other users' sessions needs CONNECTION ADMIN on MariaDB 10.5+ "
-                f"(SUPER before): GRANT CONNECTION ADMIN ON *.* TO {me}"
+                f"cannot tell whether sessions of {name} remain: the admin lacks "
+                f"PROCESS, without which other users' sessions are invisible "
+                f"(GRANT PROCESS ON *.* TO {me})"
             )
-        return (
-            "ending other users' sessions needs CONNECTION_ADMIN (or SUPER): "
-            f"GRANT CONNECTION_ADMIN ON *.* TO {me}"
-        )
+        if kill_error:
+            hint = await self._server.kill_grant_hint(cur, me)
+            why = f"KILL was refused ({kill_error}): {hint}"
+        else:
+            why = "they were killed but did not end"
+        return f"{remaining} session(s) of {name} remain: {why}"
 
     async def check_admin(self, creation_statements: Sequence[str] = ()) -> list[str]:
-        """CREATE USER to issue; PROCESS to see other users' sessions and CONNECTION ADMIN
-        (MariaDB 10.5+) / CONNECTION_ADMIN (MySQL 8) or SUPER to end them, which revoking
-        needs. Privileges the creation statements grant need the admin to hold them WITH
-        GRANT OPTION; the server checks that when they run."""
+        """See ``mysql_sessions.admin_warnings``. Privileges the creation statements grant
+        need the admin to hold them WITH GRANT OPTION; the server checks that when they
+        run."""
         async with self._cursor() as cur:
-            privileges = await self._global_privileges(cur)
-            me = await self._account(cur)
-            mariadb = await self._mariadb(cur)
-        warnings: list[str] = []
+            privileges = await self._server.global_privileges(cur)
+            me = await self._server.account(cur)
+            mariadb = await self._server.is_mariadb(cur)
         try:
             async with self._cursor() as cur:
                 await cur.execute("SELECT 1 FROM mysql.user LIMIT 1")
+            reads_user_table = True
         except pymysql.err.MySQLError:
-            warnings.append(
-                f"the admin {me} cannot read mysql.user, where revocation finds every host "
-                f"of a user: GRANT SELECT ON mysql.user TO {me}"
-            )
-        if "CREATE USER" not in privileges:
-            warnings.append(
-                f"the admin {me} cannot create users, so no credential can be issued: "
-                f"GRANT CREATE USER ON *.* TO {me}"
-            )
-        if "PROCESS" not in privileges:
-            warnings.append(
-                f"the admin {me} cannot see other users' sessions, so no revocation can be "
-                f"confirmed (they stay failing): GRANT PROCESS ON *.* TO {me}"
-            )
-        kill = "CONNECTION ADMIN" if mariadb else "CONNECTION_ADMIN"
-        if kill not in privileges and "SUPER" not in privileges:
-            warnings.append(
-                f"the admin {me} cannot end other users' sessions: a lease whose user still "
-                f"has a session open cannot be revoked (it stays failing): "
-                f"GRANT {kill} ON *.* TO {me}"
-            )
-        return warnings
+            reads_user_table = False
+        return admin_warnings(privileges, me, mariadb=mariadb, reads_user_table=reads_user_table)
 
     async def revoke_users(self, requests: Sequence[RevokeUserRequest]) -> list[str | None]:
         """One by one: MySQL account statements are serialised inside the server anyway,
         and each user needs its own hosts looked up and sessions killed."""
-        results: list[str | None] = []
-        for request in requests:
-            try:
-                await self.revoke_user(request)
-                results.append(None)
-            except TargetError as exc:
-                results.append(exc.message)
-        return results
-
-    def pool_stats(self) -> dict[str, int]:
-        pool = self._pool
-        if pool is None:
-            return {"in_use": 0, "idle": 0, "max": self._max_size}
-        size, idle = int(pool.size), int(pool.freesize)
-        return {"in_use": size - idle, "idle": idle, "max": int(pool.maxsize)}
+        return await self._revoke_each(requests)
 
     async def list_users(self, prefix: str) -> list[str]:
         async with self._cursor() as cur:
@@ -569,9 +369,3 @@ class MySQLEngine:
                 (len(prefix), prefix),
             )
             return [row[0] for row in await cur.fetchall()]
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.close()
-            await pool.wait_closed()

@@ -14,7 +14,9 @@ import re
 import shlex
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 from broker.exceptions import InvalidRequest
 from broker.server.secrets_gen import IDENTIFIER_ALPHABET, random_string
@@ -267,6 +269,8 @@ class UsernameTemplate:
         return rendered
 
     def _pipeline(self, text: str, display_name: str, role_name: str) -> str:
+        """One ``{{action | function args | ...}}``: the action's value, then each
+        function of the pipeline applied to it in turn."""
         try:
             stages = [shlex.split(stage) for stage in text.split("|")]
         except ValueError as exc:
@@ -274,47 +278,78 @@ class UsernameTemplate:
         if not stages or not stages[0]:
             raise InvalidRequest("username_template: empty action")
         head, *args = stages[0]
-        value: str
-        if head == ".DisplayName" and not args:
-            value = display_name
-        elif head == ".RoleName" and not args:
-            value = role_name
-        elif head == "random" and len(args) == 1 and args[0].isdigit():
-            value = random_string(int(args[0]), IDENTIFIER_ALPHABET)
-        elif head == "unix_time" and not args:
-            value = str(int(time.time()))
-        elif head == "unix_time_millis" and not args:
-            value = str(int(time.time() * 1000))
-        elif head == "timestamp" and len(args) == 1:
-            value = go_time_format(args[0], dt.datetime.now(dt.UTC))
-        elif head == "uuid" and not args:
-            value = str(uuid.uuid4())
-        else:
+        action = _ACTIONS.get(head)
+        if action is None or not action.accepts(args):
             raise InvalidRequest(f"username_template: unsupported action {text.strip()!r}")
+        value = action.apply(args, _Names(display_name, role_name))
         for stage in stages[1:]:
             if not stage:
                 raise InvalidRequest("username_template: empty pipeline stage")
-            fn, *fargs = stage
-            if fn == "truncate" and len(fargs) == 1 and fargs[0].isdigit():
-                value = value[: int(fargs[0])]
-            elif fn == "lowercase" and not fargs:
-                value = value.lower()
-            elif fn == "uppercase" and not fargs:
-                value = value.upper()
-            elif fn == "replace" and len(fargs) == 2:
-                value = value.replace(fargs[0], fargs[1])
-            elif fn == "truncate_sha256" and len(fargs) == 1 and fargs[0].isdigit():
-                limit = int(fargs[0])
-                if len(value) > limit:
-                    if limit < 8:
-                        raise InvalidRequest("username_template: truncate_sha256 needs >= 8")
-                    digest = hashlib.sha256(value[limit - 8 :].encode()).hexdigest()
-                    value = value[: limit - 8] + digest[:8]
-            elif fn == "sha256" and not fargs:
-                value = hashlib.sha256(value.encode()).hexdigest()
-            else:
+            name, *fargs = stage
+            function = _FUNCTIONS.get(name)
+            if function is None or not function.accepts(fargs):
                 raise InvalidRequest(f"username_template: unsupported function {' '.join(stage)!r}")
+            value = function.apply(fargs, value)
         return value
+
+
+class _Names(NamedTuple):
+    """What a template's ``.DisplayName`` and ``.RoleName`` stand for."""
+
+    display_name: str
+    role_name: str
+
+
+_In = TypeVar("_In")
+
+
+@dataclass(frozen=True, slots=True)
+class _Step(Generic[_In]):
+    """An action (``_In``: the names) or a pipeline function (``_In``: the value so far)
+    of a username template, with the arguments it takes: ``arity`` of them, all digits
+    when ``numeric``."""
+
+    arity: int
+    apply: Callable[[list[str], _In], str]
+    numeric: bool = False
+
+    def accepts(self, args: list[str]) -> bool:
+        return len(args) == self.arity and not (
+            self.numeric and not all(a.isascii() and a.isdigit() for a in args)
+        )
+
+
+def _truncate_sha256(args: list[str], value: str) -> str:
+    """Keep ``value`` within the limit, its last 8 kept characters a hash of what was cut,
+    so two long values that share a prefix still differ."""
+    limit = int(args[0])
+    if len(value) <= limit:
+        return value
+    if limit < 8:
+        raise InvalidRequest("username_template: truncate_sha256 needs >= 8")
+    digest = hashlib.sha256(value[limit - 8 :].encode()).hexdigest()
+    return value[: limit - 8] + digest[:8]
+
+
+_ACTIONS: Mapping[str, _Step[_Names]] = {
+    ".DisplayName": _Step(0, lambda _, names: names.display_name),
+    ".RoleName": _Step(0, lambda _, names: names.role_name),
+    "random": _Step(
+        1, lambda args, _: random_string(int(args[0]), IDENTIFIER_ALPHABET), numeric=True
+    ),
+    "unix_time": _Step(0, lambda _, __: str(int(time.time()))),
+    "unix_time_millis": _Step(0, lambda _, __: str(int(time.time() * 1000))),
+    "timestamp": _Step(1, lambda args, _: go_time_format(args[0], dt.datetime.now(dt.UTC))),
+    "uuid": _Step(0, lambda _, __: str(uuid.uuid4())),
+}
+_FUNCTIONS: Mapping[str, _Step[str]] = {
+    "truncate": _Step(1, lambda args, value: value[: int(args[0])], numeric=True),
+    "lowercase": _Step(0, lambda _, value: value.lower()),
+    "uppercase": _Step(0, lambda _, value: value.upper()),
+    "replace": _Step(2, lambda args, value: value.replace(args[0], args[1])),
+    "truncate_sha256": _Step(1, _truncate_sha256, numeric=True),
+    "sha256": _Step(0, lambda _, value: hashlib.sha256(value.encode()).hexdigest()),
+}
 
 
 @functools.lru_cache(maxsize=256)

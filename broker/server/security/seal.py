@@ -38,7 +38,7 @@ from broker.server.storage.barrier import (
     seal_bytes,
     split_root_key,
 )
-from broker.server.storage.store import Storage
+from broker.server.storage.keyring import KeyringStore
 
 log = logging.getLogger(__name__)
 SEAL_TYPES = ("shamir", "file", "env", "dev")
@@ -109,14 +109,14 @@ class SealManager:
 
     def __init__(
         self,
-        storage: Storage,
+        store: KeyringStore,
         settings: Settings,
         create_root_token: Callable[[], Awaitable[str]],
         environ: Mapping[str, str] | None = None,
     ) -> None:
         if settings.seal_type not in SEAL_TYPES:
             raise SealConfigError(f"seal_type must be one of {', '.join(SEAL_TYPES)}")
-        self._storage = storage
+        self._store = store
         self._settings = settings
         self._create_root_token = create_root_token
         self._environ = os.environ if environ is None else environ
@@ -128,7 +128,7 @@ class SealManager:
 
     @property
     def sealed(self) -> bool:
-        return bool(self._storage.barrier.sealed)
+        return bool(self._store.barrier.sealed)
 
     @property
     def auto_unseal(self) -> bool:
@@ -144,7 +144,7 @@ class SealManager:
 
     @property
     def keyring(self) -> Keyring:
-        return self._storage.barrier.keyring
+        return self._store.barrier.keyring
 
     def _wrapping_key(self) -> bytes:
         if self._dev_key is not None:
@@ -152,7 +152,7 @@ class SealManager:
         return load_seal_key(self._settings, self._environ)
 
     async def status(self) -> dict[str, Any]:
-        record = await self._storage.get_seal()
+        record = await self._store.get_seal()
         threshold = record.secret_threshold if record else 0
         return {
             "type": self._settings.seal_type if self.auto_unseal else "shamir",
@@ -179,17 +179,17 @@ class SealManager:
             )
         if shares > 1 and threshold < 2:
             raise InvalidRequest("secret_threshold must be greater than one for multiple shares")
-        if await self._storage.get_seal() is not None:
+        if await self._store.get_seal() is not None:
             raise InvalidRequest("Vault is already initialized")
         root_key = os.urandom(KEY_BYTES)
         keyring = Keyring.generate()
         wrapped = (
             seal_bytes(self._wrapping_key(), root_key, ROOT_KEY_AAD) if self.auto_unseal else None
         )
-        barrier = self._storage.barrier
+        barrier = self._store.barrier
         barrier.install(root_key, keyring)
         try:
-            if not await self._storage.insert_seal(
+            if not await self._store.insert_seal(
                 shares, threshold, barrier.sealed_keyring(keyring), wrapped
             ):
                 raise InvalidRequest("Vault is already initialized")
@@ -214,7 +214,7 @@ class SealManager:
             return
         if not self.sealed:
             return
-        record = await self._storage.get_seal()
+        record = await self._store.get_seal()
         if record is None:
             raise NotInitialized()
         share = parse_unseal_key(key_text)
@@ -230,7 +230,7 @@ class SealManager:
             root_key = combine_shares(shares)
         except Exception as exc:
             raise InvalidRequest("the unseal keys do not combine into the root key") from exc
-        self._storage.barrier.unseal(root_key, record.keyring)
+        self._store.barrier.unseal(root_key, record.keyring)
         await self._unsealed()
 
     async def try_auto_unseal(self) -> bool:
@@ -238,7 +238,7 @@ class SealManager:
         (``auto_init``, and always in dev mode). False while nothing can be done yet."""
         if not self.auto_unseal:
             return False
-        record = await self._storage.get_seal()
+        record = await self._store.get_seal()
         if record is None:
             if not (self._settings.auto_init or self._settings.seal_type == "dev"):
                 log.warning("storage is not initialized: PUT /v1/sys/init")
@@ -249,7 +249,7 @@ class SealManager:
                 pass  # another node initialised first: unwrap its key below
             else:
                 return True
-            record = await self._storage.get_seal()
+            record = await self._store.get_seal()
             assert record is not None
         if record.wrapped_root_key is None:
             raise SealConfigError(
@@ -263,7 +263,7 @@ class SealManager:
                 "the auto-unseal key does not open this storage's root key"
                 + (" (dev mode needs fresh storage)" if self._dev_key is not None else "")
             ) from exc
-        self._storage.barrier.unseal(root_key, record.keyring)
+        self._store.barrier.unseal(root_key, record.keyring)
         await self._unsealed()
         return True
 
@@ -275,7 +275,7 @@ class SealManager:
     def seal(self) -> None:
         self._shares.clear()
         self._nonce = ""
-        self._storage.barrier.seal()
+        self._store.barrier.seal()
         for callback in self._on_seal:
             callback()
         log.info("sealed")
@@ -283,20 +283,20 @@ class SealManager:
     async def rotate(self) -> int:
         """A new data key term; old records keep theirs until the re-encrypt job moves them.
         Retried over a concurrent rotation on another node, never losing its term."""
-        barrier = self._storage.barrier
+        barrier = self._store.barrier
         for _ in range(5):
-            record = await self._storage.get_seal()
+            record = await self._store.get_seal()
             if record is None:
                 raise NotInitialized()
             barrier.reload(record.keyring)
             rotated = barrier.keyring.rotated()
-            if await self._storage.update_keyring(
+            if await self._store.update_keyring(
                 record.keyring_version, barrier.sealed_keyring(rotated)
             ):
                 barrier.install(barrier.root_key, rotated)
-                await self._storage.notify_auth_changed("keyring")
+                await self._store.notify_rotated()
                 log.info("keyring rotated to term %d", rotated.active.term)
                 # Old records move forward now, not at the job's next run.
-                await self._storage.reencrypt_connections()
+                await self._store.reencrypt_connections()
                 return int(rotated.active.term)
         raise BrokerError("the keyring kept changing during rotation; try again")

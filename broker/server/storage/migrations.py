@@ -1,21 +1,22 @@
-"""Applies the numbered SQL files in ``broker/sql/migrations`` once each, under an advisory lock.
+"""Applies the numbered SQL files in ``sql/migrations`` once each, under an advisory lock.
 
 Several nodes may start together against one storage database; the lock makes the
-first one migrate and the others find the work done.
+first one migrate and the others find the work done. The bookkeeping queries are
+``sql/migrations.sql``, run through the connector like every other store's.
 """
 
 from __future__ import annotations
 
-import asyncpg
-
 from broker.server.storage import sql
+from broker.server.storage.connector import Connector
 
 
-async def apply_migrations(pool: asyncpg.Pool) -> list[str]:
-    """Apply pending migrations; returns the versions applied by this call."""
-    q = sql.queries()
+async def apply_migrations(connector: Connector) -> list[str]:
+    """Apply pending migrations in one transaction; returns the versions applied by this
+    call."""
+    q = sql.queries("migrations")
     applied_now: list[str] = []
-    async with pool.acquire() as conn, conn.transaction():
+    async with connector.transaction() as conn:
         await conn.execute(q["migration_lock"])
         await conn.execute(q["create_migrations_table"])
         done = {row["version"] for row in await conn.fetch(q["applied_migrations"])}

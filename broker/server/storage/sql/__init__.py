@@ -1,7 +1,7 @@
-"""The broker's SQL, shipped inside the package: named queries in ``queries.sql`` and the
-numbered ``migrations/``. Kept beside this module (as procrastinate keeps its SQL) so a
-wheel carries it: an installed broker reads its SQL from where it was installed, never
-from a checkout."""
+"""The broker's SQL, shipped inside the package: one file of named queries per store
+(``leases.sql``, ``catalog.sql``...) and the numbered ``migrations/``. Kept beside this
+module (as procrastinate keeps its SQL) so a wheel carries it: an installed broker reads
+its SQL from where it was installed, never from a checkout."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from importlib.resources.abc import Traversable
 
 _BLOCK_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 _MIGRATION = re.compile(r"^[0-9]{4}_.+\.sql$")
+#: Every file of named queries, by the name its module loads it under: block names are
+#: unique across all of them, so a name says which query it is wherever it appears.
+QUERY_FILES = ("connector", "migrations", "catalog", "leases", "nodes", "keyring", "auth", "audit")
 
 
 def sql_dir() -> Traversable:
@@ -34,8 +37,23 @@ def parse_blocks(text: str) -> dict[str, str]:
 
 
 @functools.cache
-def queries() -> dict[str, str]:
-    return parse_blocks((sql_dir() / "queries.sql").read_text())
+def queries(file: str) -> dict[str, str]:
+    """The named blocks of ``<file>.sql`` (one of ``QUERY_FILES``)."""
+    if file not in QUERY_FILES:
+        raise ValueError(f"no query file {file!r}")
+    return parse_blocks((sql_dir() / f"{file}.sql").read_text())
+
+
+def all_queries() -> dict[str, dict[str, str]]:
+    """{file: {name: statement}} for every query file, checking that no block name is
+    defined in two files."""
+    seen: dict[str, str] = {}
+    for file in QUERY_FILES:
+        for name in queries(file):
+            if name in seen:
+                raise ValueError(f"query {name!r} is defined in {seen[name]}.sql and {file}.sql")
+            seen[name] = file
+    return {file: queries(file) for file in QUERY_FILES}
 
 
 def migrations() -> list[tuple[str, str]]:

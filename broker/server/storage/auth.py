@@ -1,0 +1,230 @@
+"""Who may call the broker, in storage: tokens (kept only as HMACs), ACL policies, auth
+methods and AppRole, and wrapped responses (sealed through the keyring). The SQL is
+``sql/auth.sql``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from broker.models import AppRole, TokenEntry
+from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, record, rows_affected
+from broker.server.storage.keyring import KeyringStore
+
+
+def _wrapping_context(accessor: str) -> str:
+    return f"broker_wrapped_responses/{accessor}"
+
+
+class AuthStore(Store):
+    QUERY_FILE = "auth"
+
+    def __init__(self, connector: Connector, keyring: KeyringStore) -> None:
+        super().__init__(connector)
+        self._keyring = keyring
+
+    # -- change notifications -------------------------------------------------------------
+
+    async def notify_changed(self, what: str) -> None:
+        """Tell the other nodes that ``what`` (tokens, policies) changed: they drop their
+        cached copies."""
+        await self._db.notify(AUTH_CHANNEL, what)
+
+    async def listen_changes(
+        self, on_change: Callable[[], None], on_lost: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """See ``Connector.listen``: ``on_change`` runs when any node changed tokens,
+        policies, audit devices or the keyring."""
+        return await self._db.listen(AUTH_CHANNEL, on_change, on_lost)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def insert_token(self, token_hmac: bytes, entry: TokenEntry) -> None:
+        await self._execute(
+            "insert_token",
+            entry.accessor,
+            token_hmac,
+            entry.parent_accessor,
+            list(entry.policies),
+            entry.display_name,
+            entry.meta,
+            entry.num_uses,
+            entry.ttl,
+            entry.explicit_max_ttl,
+            entry.renewable,
+            entry.path,
+            list(entry.bound_cidrs),
+            entry.expires_at,
+            entry.max_expires_at,
+        )
+
+    async def get_token_by_hmac(self, token_hmac: bytes) -> TokenEntry | None:
+        row = await self._fetchrow("get_token_by_hmac", token_hmac)
+        return record(TokenEntry, row) if row else None
+
+    async def get_token_by_accessor(self, accessor: str) -> TokenEntry | None:
+        row = await self._fetchrow("get_token_by_accessor", accessor)
+        return record(TokenEntry, row) if row else None
+
+    async def use_token(self, accessor: str) -> int | None:
+        """Spend one use; the uses left after it, or None if none were left."""
+        left = await self._fetchval("use_token", accessor)
+        return None if left is None else int(left)
+
+    async def renew_token(self, accessor: str, expires_at: dt.datetime, ttl: int) -> bool:
+        return await self._fetchval("renew_token", accessor, expires_at, ttl) is not None
+
+    async def revoke_token_trees(self, accessors: Sequence[str]) -> tuple[int, int]:
+        """(tokens removed, leases made due) for these tokens and all their descendants."""
+        row = await self._fetchrow("revoke_token_trees", list(accessors))
+        assert row is not None
+        return int(row["tokens"]), int(row["leases"])
+
+    async def orphan_children(self, accessor: str) -> None:
+        await self._execute("orphan_children", accessor)
+
+    async def revoke_leases_of_missing_tokens(self) -> int:
+        return rows_affected(await self._execute("revoke_leases_of_missing_tokens"))
+
+    async def expired_tokens(self, limit: int) -> list[str]:
+        return [row["accessor"] for row in await self._fetch("expired_tokens", limit)]
+
+    async def list_token_accessors(self) -> list[str]:
+        return [row["accessor"] for row in await self._fetch("list_token_accessors")]
+
+    # -- policies -------------------------------------------------------------------------
+
+    async def upsert_policy(self, name: str, text: str) -> None:
+        await self._execute("upsert_policy", name, text)
+
+    async def get_policy(self, name: str) -> str | None:
+        value = await self._fetchval("get_policy", name)
+        return None if value is None else str(value)
+
+    async def list_policies(self) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_policies")]
+
+    async def delete_policy(self, name: str) -> None:
+        await self._execute("delete_policy", name)
+
+    # -- auth methods and AppRole ---------------------------------------------------------
+
+    async def insert_auth_method(
+        self, path: str, type_: str, description: str, accessor: str
+    ) -> bool:
+        inserted = await self._fetchval("insert_auth_method", path, type_, description, accessor)
+        return inserted is not None
+
+    async def list_auth_methods(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self._fetch("list_auth_methods")]
+
+    async def delete_auth_method(self, path: str) -> bool:
+        return await self._fetchval("delete_auth_method", path) is not None
+
+    async def upsert_approle_role(self, r: AppRole) -> None:
+        await self._execute(
+            "upsert_approle_role",
+            r.mount,
+            r.name,
+            r.role_id,
+            r.bind_secret_id,
+            list(r.token_policies),
+            r.token_ttl,
+            r.token_max_ttl,
+            r.token_num_uses,
+            list(r.token_bound_cidrs),
+            r.secret_id_ttl,
+            r.secret_id_num_uses,
+            list(r.secret_id_bound_cidrs),
+        )
+
+    async def get_approle_role(
+        self, mount: str, name: str | None, role_id: str | None = None
+    ) -> AppRole | None:
+        row = await self._fetchrow("get_approle_role", mount, name, role_id)
+        return record(AppRole, row) if row else None
+
+    async def list_approle_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_approle_roles", mount)]
+
+    async def delete_approle_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_approle_role", mount, name) is not None
+
+    async def insert_secret_id(
+        self,
+        secret_id_hmac: bytes,
+        accessor: str,
+        role: AppRole,
+        cidr_list: Sequence[str],
+        metadata: dict[str, str],
+        expires_at: dt.datetime | None,
+    ) -> dt.datetime:
+        created: dt.datetime = await self._fetchval(
+            "insert_secret_id",
+            secret_id_hmac,
+            accessor,
+            role.mount,
+            role.name,
+            role.secret_id_num_uses,
+            list(cidr_list),
+            metadata,
+            expires_at,
+        )
+        return created
+
+    async def consume_secret_id(
+        self, secret_id_hmac: bytes, mount: str, role_name: str
+    ) -> dict[str, Any] | None:
+        row = await self._fetchrow("consume_secret_id", secret_id_hmac, mount, role_name)
+        if row is None:
+            return None
+        if row["num_uses"] > 0 and row["uses_left"] <= 0:
+            await self._execute("delete_spent_secret_ids")
+        return dict(row)
+
+    async def get_secret_id(
+        self, mount: str, role_name: str, secret_id_hmac: bytes | None, accessor: str | None
+    ) -> dict[str, Any] | None:
+        row = await self._fetchrow("get_secret_id", mount, role_name, secret_id_hmac, accessor)
+        return dict(row) if row else None
+
+    async def list_secret_id_accessors(self, mount: str, role_name: str) -> list[str]:
+        rows = await self._fetch("list_secret_id_accessors", mount, role_name)
+        return [row["accessor"] for row in rows]
+
+    async def delete_secret_id(
+        self, mount: str, role_name: str, secret_id_hmac: bytes | None, accessor: str | None
+    ) -> bool:
+        deleted = await self._fetchval(
+            "delete_secret_id", mount, role_name, secret_id_hmac, accessor
+        )
+        return deleted is not None
+
+    # -- response wrapping ----------------------------------------------------------------
+
+    async def insert_wrapped_response(
+        self, token_hmac: bytes, accessor: str, response: str, path: str, ttl: int
+    ) -> dt.datetime:
+        sealed = self._keyring.seal_text(response, _wrapping_context(accessor))
+        created: dt.datetime = await self._fetchval(
+            "insert_wrapped_response", token_hmac, accessor, sealed, path, ttl
+        )
+        return created
+
+    async def take_wrapped_response(self, token_hmac: bytes) -> dict[str, Any] | None:
+        row = await self._fetchrow("take_wrapped_response", token_hmac)
+        if row is None:
+            return None
+        found = dict(row)
+        found["response"] = await self._keyring.open_text(
+            found["response"], _wrapping_context(found["accessor"])
+        )
+        return found
+
+    async def get_wrapped_response(self, token_hmac: bytes) -> dict[str, Any] | None:
+        row = await self._fetchrow("get_wrapped_response", token_hmac)
+        return dict(row) if row else None
+
+    async def tidy_wrapped_responses(self) -> int:
+        return rows_affected(await self._execute("tidy_wrapped_responses"))

@@ -1,0 +1,297 @@
+"""The secrets engine's configuration in storage: mounts, connections, roles, static roles
+(with their rotations) and password policies, with connection and static-role passwords
+sealed through the keyring on their way in and opened on their way out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from broker.models import Connection, Mount, Role, StaticRole
+from broker.server.storage.connector import (
+    CATALOG_CHANNEL,
+    DRIVER_ERRORS,
+    Connector,
+    Store,
+    record,
+    rows_affected,
+)
+from broker.server.storage.keyring import KeyringStore, connection_context
+
+
+def _pending_context(mount: str, name: str) -> str:
+    return f"broker_connections/{mount}/{name}/pending"
+
+
+def _static_context(mount: str, name: str) -> str:
+    return f"broker_static_roles/{mount}/{name}"
+
+
+class CatalogStore(Store):
+    """Methods are grouped by table; each is one round trip unless its docstring says
+    otherwise."""
+
+    QUERY_FILE = "catalog"
+
+    def __init__(self, connector: Connector, keyring: KeyringStore) -> None:
+        super().__init__(connector)
+        self._keyring = keyring
+
+    @asynccontextmanager
+    async def setup_lock(self) -> AsyncIterator[None]:
+        """Hold the cluster-wide set-up lock, so nodes sharing storage set up once."""
+        async with self._db.transaction() as conn:
+            await conn.execute(self._q["setup_lock"])
+            yield
+
+    # -- change notifications (issue_contexts.py) ------------------------------------------
+
+    async def notify_changed(self) -> None:
+        await self._db.notify(CATALOG_CHANNEL)
+
+    async def listen_changes(
+        self, on_change: Callable[[], None], on_lost: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """See ``Connector.listen``: ``on_change`` runs when any node changed the catalog."""
+        return await self._db.listen(CATALOG_CHANNEL, on_change, on_lost)
+
+    # -- mounts ---------------------------------------------------------------------------
+
+    async def insert_mount(self, path: str, type_: str, description: str, accessor: str) -> bool:
+        return await self._fetchval("insert_mount", path, type_, description, accessor) is not None
+
+    async def get_mount(self, path: str) -> Mount | None:
+        row = await self._fetchrow("get_mount", path)
+        return record(Mount, row) if row else None
+
+    async def list_mounts(self) -> list[Mount]:
+        return [record(Mount, row) for row in await self._fetch("list_mounts")]
+
+    async def delete_mount_unless_leased(self, path: str) -> int | None:
+        """The same as ``delete_connection_unless_leased`` for a whole mount (its
+        connections and roles go with it)."""
+        async with self._db.transaction() as conn:
+            if await conn.fetchval(self._q["get_mount"], path) is None:
+                return None
+            await conn.fetch(self._q["lock_mount_connections"], path)
+            live = int(await conn.fetchval(self._q["count_live_leases_of_mount"], path))
+            if not live:
+                await conn.fetchval(self._q["delete_mount"], path)
+            return live
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def upsert_connection(self, c: Connection) -> None:
+        await self._execute(
+            "upsert_connection",
+            c.mount,
+            c.name,
+            c.plugin_name,
+            c.connection_url,
+            c.username,
+            self._keyring.seal_text(c.password, connection_context(c.mount, c.name)),
+            list(c.allowed_roles),
+            c.username_template,
+            c.verify_connection,
+            c.options,
+        )
+
+    async def get_connection(self, mount: str, name: str) -> Connection | None:
+        row = await self._fetchrow("get_connection", mount, name)
+        return await self._open_connection(record(Connection, row)) if row else None
+
+    async def _open_connection(self, stored: Connection) -> Connection:
+        """The connection with its password decrypted."""
+        context = connection_context(stored.mount, stored.name)
+        password = await self._keyring.open_text(stored.password, context)
+        return dataclasses.replace(stored, password=password)
+
+    async def list_connections(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_connections", mount)]
+
+    async def list_all_connections(self) -> list[Connection]:
+        rows = await self._fetch("list_all_connections")
+        return [await self._open_connection(record(Connection, row)) for row in rows]
+
+    async def delete_connection_unless_leased(self, mount: str, name: str) -> int | None:
+        """Delete the connection unless live leases still need it for their revocation.
+        None: it does not exist; else how many live leases kept it (0: deleted). Counted
+        under the row's lock, so an issuance in flight is either counted or finds the
+        connection gone before it makes its user (connections_still_exist)."""
+        async with self._db.transaction() as conn:
+            if await conn.fetchval(self._q["lock_connection_for_delete"], mount, name) is None:
+                return None
+            q = self._q["count_live_leases_of_connection"]
+            live = int(await conn.fetchval(q, mount, name))
+            if not live:
+                await conn.fetchval(self._q["delete_connection"], mount, name)
+            return live
+
+    async def live_leases_of_connection(self, mount: str, name: str) -> list[str]:
+        rows = await self._fetch("live_leases_of_connection", mount, name)
+        return [row["lease_id"] for row in rows]
+
+    async def connections_still_exist(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (mount, name), whether the connection exists, waiting out a delete that
+        holds it (see the query)."""
+        rows = await self._fetch(
+            "connections_still_exist", [m for m, _ in pairs], [n for _, n in pairs]
+        )
+        present = {row["i"] for row in rows}
+        return [i in present for i in range(1, len(pairs) + 1)]
+
+    # -- roles ----------------------------------------------------------------------------
+
+    async def upsert_role(self, r: Role) -> None:
+        await self._execute(
+            "upsert_role",
+            r.mount,
+            r.name,
+            r.db_name,
+            list(r.creation_statements),
+            list(r.revocation_statements),
+            list(r.rollback_statements),
+            list(r.renew_statements),
+            r.default_ttl,
+            r.max_ttl,
+            r.orphan_leases,
+            r.max_leases,
+        )
+
+    async def get_role(self, mount: str, name: str) -> Role | None:
+        row = await self._fetchrow("get_role", mount, name)
+        return record(Role, row) if row else None
+
+    async def get_issue_context(
+        self, mount: str, role: str
+    ) -> tuple[Role, Connection | None] | None:
+        """The role and the connection it names (None if that is missing), in one query."""
+        row = await self._fetchrow("get_issue_context", mount, role)
+        if row is None:
+            return None
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+        connection = None
+        if values["c_name"] is not None:
+            connection = await self._open_connection(
+                Connection(
+                    mount=mount,
+                    **{k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")},
+                )
+            )
+        return Role(**{k: v for k, v in values.items() if not k.startswith("c_")}), connection
+
+    async def list_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_roles", mount)]
+
+    async def delete_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_role", mount, name) is not None
+
+    # -- rotations (root credentials and static roles) --------------------------------------
+
+    @asynccontextmanager
+    async def rotation_lock(self, key: str) -> AsyncIterator[bool]:
+        """Whether this node got the rotation of ``key``; held until the block ends."""
+        async with self._db.session() as conn:
+            got = bool(await conn.fetchval(self._q["try_rotation_lock"], key))
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        await conn.fetchval(self._q["release_rotation_lock"], key)
+                    except DRIVER_ERRORS:
+                        conn.terminate()  # a dead session releases its locks
+
+    async def set_connection_pending_password(self, mount: str, name: str, password: str) -> None:
+        sealed = self._keyring.seal_text(password, _pending_context(mount, name))
+        await self._execute("set_connection_pending_password", mount, name, sealed)
+
+    async def connection_pending_password(self, mount: str, name: str) -> str | None:
+        stored = await self._fetchval("get_connection_pending_password", mount, name)
+        if stored is None:
+            return None
+        return await self._keyring.open_text(str(stored), _pending_context(mount, name))
+
+    async def commit_connection_password(self, mount: str, name: str) -> bool:
+        """The pending password becomes the connection's (re-sealed under its own
+        context); False if there was none."""
+        password = await self.connection_pending_password(mount, name)
+        if password is None:
+            return False
+        sealed = self._keyring.seal_text(password, connection_context(mount, name))
+        status = await self._execute("commit_connection_password", mount, name, sealed)
+        return rows_affected(status) > 0
+
+    async def connections_with_pending_password(self) -> list[tuple[str, str]]:
+        rows = await self._fetch("connections_with_pending_password")
+        return [(row["mount"], row["name"]) for row in rows]
+
+    async def upsert_static_role(self, r: StaticRole) -> None:
+        await self._execute(
+            "upsert_static_role",
+            r.mount,
+            r.name,
+            r.db_name,
+            r.username,
+            r.rotation_period,
+            r.rotation_schedule,
+            r.rotation_window,
+            list(r.rotation_statements),
+            r.next_rotation,
+        )
+
+    async def get_static_role(self, mount: str, name: str) -> StaticRole | None:
+        row = await self._fetchrow("get_static_role", mount, name)
+        if row is None:
+            return None
+        role = record(StaticRole, row)
+        context = _static_context(mount, name)
+        password = await self._keyring.open_text(role.password, context) if role.password else ""
+        pending = role.pending_password
+        if pending is not None:
+            pending = await self._keyring.open_text(pending, context + "/pending")
+        return dataclasses.replace(role, password=password, pending_password=pending)
+
+    async def list_static_roles(self, mount: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_static_roles", mount)]
+
+    async def delete_static_role(self, mount: str, name: str) -> bool:
+        return await self._fetchval("delete_static_role", mount, name) is not None
+
+    async def due_static_roles(self, limit: int) -> list[tuple[str, str]]:
+        rows = await self._fetch("due_static_roles", limit)
+        return [(row["mount"], row["name"]) for row in rows]
+
+    async def set_static_pending(self, mount: str, name: str, password: str) -> None:
+        sealed = self._keyring.seal_text(password, _static_context(mount, name) + "/pending")
+        await self._execute("set_static_pending", mount, name, sealed)
+
+    async def commit_static_rotation(
+        self, mount: str, name: str, password: str, next_rotation: dt.datetime
+    ) -> None:
+        """The new password becomes the served one (sealed under the role's context)."""
+        sealed = self._keyring.seal_text(password, _static_context(mount, name))
+        await self._execute("commit_static_rotation", mount, name, sealed, next_rotation)
+
+    async def fail_static_rotation(
+        self, mount: str, name: str, error: str, retry_seconds: float
+    ) -> None:
+        await self._execute("fail_static_rotation", mount, name, error, float(retry_seconds))
+
+    # -- password policies ----------------------------------------------------------------
+
+    async def upsert_password_policy(self, name: str, text: str) -> None:
+        await self._execute("upsert_password_policy", name, text)
+
+    async def get_password_policy(self, name: str) -> str | None:
+        value = await self._fetchval("get_password_policy", name)
+        return None if value is None else str(value)
+
+    async def list_password_policies(self) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_password_policies")]
+
+    async def delete_password_policy(self, name: str) -> None:
+        await self._execute("delete_password_policy", name)

@@ -1,0 +1,9 @@
+-- What the connector itself runs (storage/connector.py): the liveness probe and NOTIFY.
+-- Named blocks (loaded by storage/sql/__init__.py), run only by the module named above.
+
+-- ping --
+SELECT 1
+
+-- notify --
+-- The one NOTIFY: the channel names are the constants in storage/connector.py.
+SELECT pg_notify($1, $2)
