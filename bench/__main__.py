@@ -25,6 +25,7 @@ STEPS = (
     "scale",
     "http_parser",
     "auth_overhead",
+    "verifier_cpu",
 )
 
 
@@ -51,6 +52,8 @@ async def run(quick: bool, only: list[str]) -> dict[str, Any]:
                 results[step] = await suite.http_parser(world, quick)
             elif step == "auth_overhead":
                 results[step] = await suite.auth_overhead(world, quick)
+            elif step == "verifier_cpu":
+                results[step] = await suite.verifier_cpu(world, quick)
     finally:
         await world.close()
     return results

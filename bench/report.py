@@ -132,6 +132,24 @@ def markdown(results: dict[str, Any], json_name: str) -> str:
             f"(x{_fmt(auth['audited_ratio'])}). Issuance at concurrency 32 with the service "
             f"token: x{_fmt(auth['issue_ratio'])} of the root token's.",
         ]
+    vc = results.get("verifier_cpu")
+    if vc:
+        plain, verifier = vc["plaintext"], vc["verifier"]
+        lines += [
+            "",
+            f"**Password verifiers** (PostgreSQL target CPU per issued login, concurrency "
+            f"{vc['concurrency']}, alternating rounds): `password_authentication=password` "
+            f"{_fmt(plain['db_cpu_ms_per_login'])} ms (broker "
+            f"{_fmt(plain['broker_cpu_ms_per_login'])} ms), `scram-sha-256` "
+            f"{_fmt(verifier['db_cpu_ms_per_login'])} ms (broker "
+            f"{_fmt(verifier['broker_cpu_ms_per_login'])} ms): x{_fmt(vc['db_cpu_ratio'])} "
+            f"on the database server; errors {plain['errors']} / {verifier['errors']}. "
+            f"Bare CREATE ROLE, server CPU: no password "
+            f"{_fmt(vc['raw_create_role_db_cpu_ms']['no_password'])} ms, password "
+            f"{_fmt(vc['raw_create_role_db_cpu_ms']['plaintext'])} ms, verifier "
+            f"{_fmt(vc['raw_create_role_db_cpu_ms']['verifier'])} ms (PostgreSQL checks a "
+            f"given verifier against the empty password: the same PBKDF2).",
+        ]
     return "\n".join(lines)
 
 

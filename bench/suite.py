@@ -29,9 +29,12 @@ from bench.env import (
 from broker.models import NewLease
 from broker.server.database.revocation import Revocations
 from broker.server.engines.registry import EngineRegistry
+from broker.server.engines.verifiers import scram_sha256_verifier
 from broker.server.security.seal import SealManager
 from broker.server.settings import Settings
+from broker.server.storage import integrity
 from broker.server.storage.connector import create_pool
+from broker.server.storage.embedded import EmbeddedPostgres
 from broker.server.storage.stores import Stores
 
 CONCURRENCY = (1, 8, 32, 64)
@@ -259,7 +262,11 @@ async def storm(world: BenchWorld, quick: bool, nodes: int = 1) -> dict[str, Any
         ]
         pool = await create_pool(storage, min_size=1, max_size=2)
         try:
-            await Stores.open(pool).leases.bulk_insert_leases(leases, "active")
+            # Unsealed, so the seeded rows carry their MACs like issued ones (a row
+            # without one is never revoked: storage/integrity.py).
+            await (await _unsealed_stores(pool, storage)).leases.bulk_insert_leases(
+                leases, "active"
+            )
             timeline: list[tuple[float, int]] = []
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
@@ -319,11 +326,20 @@ async def scale(world: BenchWorld, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": total}
     for label, rows in (("empty", 0), ("full", total)):
         storage = await world.new_storage()
+        if rows:
+            # Initialised (keyring with its row key) before the fill, so the live filler rows
+            # get their MACs here rather than in the measured start-up's one-time upgrade.
+            first = Broker(storage)
+            try:
+                await first.ready()
+            finally:
+                first.stop()
         pool = await create_pool(storage, min_size=1, max_size=4)
         try:
             await Stores.open(pool).migrate()
             if rows:
                 await _fill_leases(pool, rows)
+                await _authenticate_live_leases(await _unsealed_stores(pool, storage), pool)
         finally:
             await pool.close()
         broker = Broker(storage)
@@ -387,6 +403,32 @@ async def _never_initialise() -> str:
     raise RuntimeError("the bench's storage is initialised by its dev servers")
 
 
+async def _unsealed_stores(pool: asyncpg.Pool, storage: str) -> Stores:
+    """Stores over the dev servers' storage, unsealed (its dev seal key derives from the
+    dev root token): lease rows seeded through them carry valid MACs."""
+    stores = Stores.open(pool)
+    settings = Settings(storage_dsn=storage, seal_type="dev", root_token=TOKEN)
+    await SealManager(stores.keyring, settings, _never_initialise).try_auto_unseal()
+    return stores
+
+
+async def _authenticate_live_leases(stores: Stores, pool: asyncpg.Pool) -> None:
+    """The MACs of the live rows ``_fill_leases`` generated server side, computed by the
+    broker's own function (storage/integrity.py): revoked rows are never acted on."""
+    rows = await pool.fetch(
+        "SELECT lease_id, mount, role_name, connection_name, plugin_name, username, "
+        "revocation_statements, renew_statements, issued_at, max_expires_at, token_accessor "
+        "FROM broker_leases WHERE mac IS NULL AND state = 'active'"
+    )
+    macs = [await stores.keyring.mac_row(integrity.LEASES, row) for row in rows]
+    await pool.execute(
+        "UPDATE broker_leases t SET mac = k.mac "
+        "FROM unnest($1::text[], $2::bytea[]) AS k(lease_id, mac) WHERE t.lease_id = k.lease_id",
+        [row["lease_id"] for row in rows],
+        macs,
+    )
+
+
 async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
     """Seconds for one Revocations.sweep() that revokes ``n`` due leases."""
     names = [f"bench_sweep_{os.getpid()}_{i}" for i in range(n)]
@@ -394,7 +436,8 @@ async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
     pool = await create_pool(storage, min_size=1, max_size=4)
     engines = EngineRegistry()
     try:
-        stores = Stores.open(pool)
+        stores = await _unsealed_stores(pool, storage)
+        settings = Settings(storage_dsn=storage, seal_type="dev", root_token=TOKEN)
         past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
         await stores.leases.bulk_insert_leases(
             [
@@ -415,9 +458,6 @@ async def _sweep_latency(world: BenchWorld, storage: str, n: int) -> float:
             ],
             "active",
         )
-        # The dev servers' storage: its dev seal key derives from the dev root token.
-        settings = Settings(storage_dsn=storage, seal_type="dev", root_token=TOKEN)
-        await SealManager(stores.keyring, settings, _never_initialise).try_auto_unseal()
         manager = Revocations(stores.leases, stores.catalog, engines, settings)
         started = time.perf_counter()
         result = await manager.sweep()
@@ -563,4 +603,156 @@ async def auth_overhead(world: BenchWorld, quick: bool) -> dict[str, Any]:
     finally:
         broker.stop()
         await asyncio.to_thread(audit_file.unlink, missing_ok=True)
+    return out
+
+
+# -- database-server CPU per issued login: SCRAM verifier against plaintext ----------------
+
+
+def _cpu_seconds(pid: int, *, children_reaped: bool = False) -> float:
+    """utime + stime of one process from /proc (and, with ``children_reaped``, of its
+    children that have exited: a PostgreSQL backend's CPU lands there when it ends)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command: state is field 3, so utime (14) is index 11 here.
+    ticks = int(fields[11]) + int(fields[12])
+    if children_reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cluster_cpu(postmaster: int) -> float:
+    """CPU seconds the whole cluster has used: the postmaster, every live child (backends,
+    checkpointer, walwriter, ...) and every child that has ended."""
+    total = _cpu_seconds(postmaster, children_reaped=True)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:  # ppid
+                total += _cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile: its CPU is now in the postmaster's reaped total
+    return total
+
+
+async def _raw_create_role_cpu(
+    target: EmbeddedPostgres, postmaster: int, n: int
+) -> dict[str, float]:
+    """Cluster CPU per bare ``CREATE ROLE ... LOGIN`` on one connection, without a
+    password, with one, and with a verifier: where the server's time goes."""
+    conn = await asyncpg.connect(target.dsn())
+    out: dict[str, float] = {}
+    try:
+        passwords = [f"bench-{i:026d}" for i in range(n)]
+        kinds = {
+            "no_password": ["" for _ in passwords],
+            "plaintext": [f" PASSWORD '{p}'" for p in passwords],
+            "verifier": [f" PASSWORD '{scram_sha256_verifier(p)}'" for p in passwords],
+        }
+        for kind, clauses in kinds.items():
+            before = _cluster_cpu(postmaster)
+            for i, clause in enumerate(clauses):
+                await conn.execute(f"CREATE ROLE bench_raw_{kind}_{i} LOGIN{clause}")
+            out[kind] = round((_cluster_cpu(postmaster) - before) * 1000 / n, 3)
+    finally:
+        await conn.close()
+    return out
+
+
+async def verifier_cpu(world: BenchWorld, quick: bool) -> dict[str, Any]:
+    """Target-server CPU per issued login with ``password_authentication`` =
+    ``scram-sha-256`` (the broker sends the verifier it computed) and ``password`` (the
+    server hashes the password itself: 4,096 PBKDF2 rounds), in alternating rounds on a
+    PostgreSQL cluster of its own (so storage work is not counted), with the broker's
+    CPU beside it: the hashing moves, it does not vanish."""
+    target = EmbeddedPostgres()
+    await asyncio.to_thread(target.start)
+    storage = await world.new_storage()
+    broker = Broker(storage)
+    n, rounds, concurrency = (60, 1, 4) if quick else (400, 3, 8)
+    modes = ("password", "scram-sha-256")
+    totals = {
+        m: {"db": 0.0, "broker": 0.0, "issued": 0, "errors": 0, "seconds": 0.0} for m in modes
+    }
+    try:
+        conn = await asyncpg.connect(target.dsn())
+        try:
+            data = Path(str(await conn.fetchval("SHOW data_directory")))
+            encryption = str(await conn.fetchval("SHOW password_encryption"))
+        finally:
+            await conn.close()
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        await broker.ready()
+        url = f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{target.port}/postgres"
+        for mode in modes:
+            await broker.call(
+                "PUT",
+                f"database/config/cpu-{mode}",
+                {
+                    "plugin_name": "postgresql-database-plugin",
+                    "connection_url": url,
+                    "username": target.user,
+                    "password": target.password,
+                    "allowed_roles": "*",
+                    "max_open_connections": POOL,
+                    "password_authentication": mode,
+                },
+            )
+            await broker.call(
+                "PUT",
+                f"database/roles/cpu-{mode}",
+                {"db_name": f"cpu-{mode}", "creation_statements": PG_GROUP_STATEMENTS[:1]},
+            )
+
+        async def measure(mode: str, requests: int) -> dict[str, Any]:
+            before = (_cluster_cpu(postmaster), _cpu_seconds(broker.proc.pid))
+            result = await loadgen(
+                {
+                    "mode": "http",
+                    "urls": [broker.address],
+                    "token": TOKEN,
+                    "path": f"database/creds/cpu-{mode}",
+                    "concurrency": concurrency,
+                    "requests": requests,
+                }
+            )
+            after = (_cluster_cpu(postmaster), _cpu_seconds(broker.proc.pid))
+            await broker.call("PUT", f"sys/leases/revoke-prefix/database/creds/cpu-{mode}")
+            return {**result, "db": after[0] - before[0], "broker": after[1] - before[1]}
+
+        for mode in modes:  # warm-up: pools, catalogs; not counted
+            await measure(mode, 40)
+        for round_ in range(rounds):
+            for mode in modes if round_ % 2 == 0 else modes[::-1]:
+                done = await measure(mode, n)
+                t = totals[mode]
+                t["db"] += done["db"]
+                t["broker"] += done["broker"]
+                t["issued"] += done["ok"]
+                t["errors"] += done["errors"]
+                t["seconds"] += done["seconds"]
+        raw = await _raw_create_role_cpu(target, postmaster, 50 if quick else 200)
+    finally:
+        broker.stop()
+        await asyncio.to_thread(target.stop)
+    out: dict[str, Any] = {
+        "password_encryption": encryption,
+        "concurrency": concurrency,
+        "raw_create_role_db_cpu_ms": raw,
+    }
+    for mode, t in totals.items():
+        issued = max(1, int(t["issued"]))
+        key = "verifier" if mode == "scram-sha-256" else "plaintext"
+        out[key] = {
+            "issued": t["issued"],
+            "errors": t["errors"],
+            "db_cpu_ms_per_login": round(t["db"] * 1000 / issued, 3),
+            "broker_cpu_ms_per_login": round(t["broker"] * 1000 / issued, 3),
+            "throughput": round(t["issued"] / t["seconds"], 1) if t["seconds"] else 0.0,
+        }
+    out["db_cpu_ratio"] = round(
+        out["verifier"]["db_cpu_ms_per_login"] / max(out["plaintext"]["db_cpu_ms_per_login"], 1e-9),
+        2,
+    )
     return out

@@ -33,7 +33,7 @@ EPILOG = """examples:
   broker revoke-expired --config broker.toml
   broker operator init --key-shares 5 --key-threshold 3
   broker login --method approle --role-id ROLE_ID
-  broker audit verify /var/log/broker/audit.log
+  broker audit verify --config broker.toml /var/log/broker/audit.log
 """
 
 #: The client command groups, by top-level command (server commands: server_commands.handles).

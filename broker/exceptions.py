@@ -118,6 +118,15 @@ class IntegrityError(BrokerError):
     status = 500
 
 
+class RowIntegrityError(IntegrityError):
+    """A stored row failed its MAC check (edited, moved or copied in storage): it is never
+    used. Names the table only, never the row's contents."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(f"storage integrity check failed ({table}); the row was not used")
+        self.table = table
+
+
 class TooManyRequests(BrokerError):
     """A rate limit or a lease quota: ``retry_after`` seconds until it may succeed."""
 

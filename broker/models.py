@@ -96,6 +96,9 @@ class ClaimedLease:
     expires_at: dt.datetime
     attempts: int
     prior_state: str
+    #: The row failed its integrity check (storage/integrity.py): it is never handed to an
+    #: engine, and its revocation is recorded as failing.
+    tampered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

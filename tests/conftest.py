@@ -185,6 +185,13 @@ async def drop_test_mysql_users() -> None:
             await cur.execute("SELECT User, Host FROM mysql.user WHERE User LIKE 'v\\_%brkt%'")
             for user, host in await cur.fetchall():
                 await cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+            # The install-marker roles the suite's brokers made (one per install and admin:
+            # broker_<install id>_<admin>): nothing else on this MariaDB is named so.
+            await cur.execute(
+                "SELECT User FROM mysql.user WHERE is_role = 'Y' AND User LIKE 'broker\\_%'"
+            )
+            for (role,) in await cur.fetchall():
+                await cur.execute(f"DROP ROLE IF EXISTS `{role}`")
     finally:
         conn.close()
 

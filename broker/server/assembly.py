@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from broker.exceptions import BrokerError
+from broker.exceptions import BrokerError, IntegrityError
 from broker.server.api.app import build_app
 from broker.server.api.context import SERVICES, Services
 from broker.server.api.listmethod import VaultAppRunner
@@ -37,7 +37,7 @@ from broker.server.engines.registry import EngineRegistry
 from broker.server.jobs import BackgroundJobs
 from broker.server.metrics import Metrics
 from broker.server.nodes import NodeIdentity, NodeRegistry
-from broker.server.security.audit import Auditor
+from broker.server.security.audit import CHECKPOINT_SECONDS, Auditor
 from broker.server.security.ratelimit import RateLimiter
 from broker.server.security.seal import SealManager
 from broker.server.settings import Settings
@@ -80,6 +80,7 @@ def _services_ctx(
             stores = Stores.open(pool, Barrier())
             if settings.apply_migrations:
                 await stores.migrate()
+            engines.install_id = await stores.nodes.install_id()  # marks created users
             server = await _build_server(settings, stores, engines, teardown)
             teardown.push_async_callback(_leave, server.services)
             app[SERVICES] = server.services
@@ -110,6 +111,9 @@ async def _build_server(
     await contexts.start()
     teardown.push_async_callback(contexts.close)
     metrics = Metrics()
+    stores.keyring.on_integrity_failure(
+        lambda table: metrics.integrity_failures.labels(table).inc()
+    )
     passwords = PasswordPolicyStore(stores.catalog)
     identity = NodeIdentity.from_settings(settings)
     revocations = Revocations(
@@ -156,8 +160,17 @@ def _hook_seal(server: _Server) -> None:
     services = server.services
 
     async def unsealed() -> None:
+        # First: rows written before rows were authenticated are trusted this once.
+        authenticated = await server.stores.keyring.authenticate_rows()
+        if authenticated:
+            log.info("authenticated %d row(s) written before the upgrade", authenticated)
         await services.auth_methods.refresh()
-        await services.auditor.refresh()
+        try:
+            await services.auditor.refresh()
+        except IntegrityError:
+            # A tampered audit device: never serve without the log it was meant to keep.
+            services.seal.seal()
+            raise
         moved = await server.stores.keyring.reencrypt_connections()
         if moved:
             log.info("re-encrypted %d connection password(s) under the active key", moved)
@@ -177,6 +190,7 @@ def _register_jobs(server: _Server, settings: Settings) -> None:
     reencrypt = server.stores.keyring.reencrypt_connections
     jobs.add_periodic("reencrypt", _when_unsealed(seal, reencrypt), 300)
     jobs.add_periodic("audit-devices", _when_unsealed(seal, services.auditor.refresh), 30)
+    jobs.add_periodic("audit-checkpoints", services.auditor.checkpoint_due, CHECKPOINT_SECONDS)
     jobs.add_periodic("tidy", services.revocations.tidy, settings.tidy_interval)
     jobs.add_periodic("tidy-wrapped-responses", services.wrapper.tidy, settings.tidy_interval)
     jobs.add_periodic(
@@ -202,6 +216,8 @@ async def _leave(services: Services) -> None:
         if released:
             log.info("released %d unfinished revocation claim(s)", released)
         await services.nodes.leave()
+    with contextlib.suppress(BrokerError):
+        await services.auditor.checkpoint()  # how far each audit chain got, for verify
     services.seal.seal()
 
 

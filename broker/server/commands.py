@@ -89,16 +89,41 @@ def add_host_tool_parsers(
 
     audit = sub.add_parser(
         "audit",
-        help="check an audit log's hash chain",
-        description="Example: broker audit verify /var/log/broker/audit.log",
+        help="check an audit log's keyed chain",
+        description="Example: broker audit verify --config /etc/broker/broker.toml "
+        "/var/log/broker/audit.log",
     )
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
         "verify",
-        help="report the first edited or missing line",
-        description="Example: broker audit verify /var/log/broker/audit.log (exit 1 on a break)",
+        help="report the first edited, forged or missing line, and a truncated end",
+        description=(
+            "Checks every entry's MAC under the audit chain key and the checkpoints in "
+            "storage, which it opens with the settings' auto-unseal key (seal_type file or "
+            "env). With Shamir keys, ask the running server: GET /v1/sys/audit-verify/PATH. "
+            "Exit 0: intact; 1: a break or truncation; 2: could not verify. Example: broker "
+            "audit verify --config broker.toml audit.log.1 audit.log (rotated files, oldest "
+            "first, are checked as one chain)"
+        ),
     )
-    verify.add_argument("file")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--config", help="TOML settings file (storage_dsn and the seal)")
+    verify.add_argument(
+        "--target",
+        help="the path the device writes to, when FILE is a copy or a rotated file: its "
+        "newest checkpoint must be in the files (default: the last FILE's real path)",
+    )
+    verify.add_argument(
+        "--node-id",
+        help="the node that writes the file (default: the node_id setting); with it, a "
+        "file emptied or replaced since the node's last checkpoint is reported",
+    )
+    verify.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="without the key: check the JSON and the sequence only. This proves nothing "
+        "against someone who can write the file",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -269,7 +294,9 @@ async def _revoke_expired(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-async def _unsealed_storage(settings: Settings, stores: Any) -> Any:
+async def _unsealed_storage(
+    settings: Settings, stores: Any, alternative: str = "or leave revocation to the running server"
+) -> Any:
     """Commands that run beside the server (from cron) read connection passwords, so they
     need the auto-unseal key; with Shamir keys only a running, unsealed server can."""
     from broker.server.security.seal import SealManager
@@ -280,7 +307,7 @@ async def _unsealed_storage(settings: Settings, stores: Any) -> Any:
     if settings.seal_type == "shamir":
         raise SystemExit(
             "error: storage is sealed with Shamir keys; this command needs an auto-unseal "
-            '(seal_type = "file" or "env"), or leave revocation to the running server'
+            f'(seal_type = "file" or "env"), {alternative}'
         )
     manager = SealManager(stores.keyring, settings.replace(auto_init=False), no_root_token)
     if not await manager.try_auto_unseal():
@@ -300,6 +327,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
     engines = EngineRegistry()
     try:
         stores = await _unsealed_storage(settings, Stores.open(pool))
+        engines.install_id = await stores.nodes.install_id()
         report = await Reconciler(stores.catalog, stores.leases, engines).run(revoke=args.revoke)
     finally:
         await engines.close()
@@ -308,9 +336,15 @@ async def _reconcile(args: argparse.Namespace) -> int:
     for orphan in report.orphans:
         action = "revoked" if orphan in revoked else "orphan"
         print(f"{action}\t{orphan.mount}/{orphan.connection}\t{orphan.username}")
+    for other in report.unmarked:  # not this install's: reported, never dropped
+        print(f"unmarked\t{other.mount}/{other.connection}\t{other.username}")
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
-    print(f"{len(report.orphans)} orphan(s), {len(revoked)} revoked", file=sys.stderr)
+    print(
+        f"{len(report.orphans)} orphan(s), {len(revoked)} revoked, "
+        f"{len(report.unmarked)} unmarked look-alike(s) left alone",
+        file=sys.stderr,
+    )
     return 1 if len(report.orphans) > len(revoked) or report.errors else 0
 
 
@@ -322,14 +356,120 @@ def _generate_seal_key() -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0: the chain holds; 1: the first break, by line number."""
+    """Exit 0: the chain holds; 1: the first break, or a truncation; 2: not verified.
+
+    MACs need the audit chain key, which lives in the sealed keyring: so this opens storage
+    with the auto-unseal key, as ``revoke-expired`` does, and reads the checkpoints there.
+    Without settings it refuses unless ``--structure-only`` says a keyless check is meant,
+    so that no script takes a structural pass for a verified log."""
     from broker.server.security.audit_chain import verify_lines
 
-    with open(args.file, encoding="utf-8", errors="replace") as fh:
-        count, broken = verify_lines(fh)
-    if broken is None:
-        print(f"{args.file}: {count} entries, chain intact")
-        return 0
-    print(f"{args.file}: chain broken at line {broken.line_number}: {broken.reason}")
-    print(f"({count} entries before it verified)", file=sys.stderr)
-    return 1
+    if args.structure_only:
+        lines = _read_audit_files(args.files)
+        report = verify_lines(lines)
+        print(
+            "structure only: the MACs were not checked (no key), so an edited, forged or "
+            "truncated log can pass; verify with --config or GET sys/audit-verify/PATH"
+        )
+        return _print_audit_report(args.files, report)
+    try:
+        return asyncio.run(_audit_verify_keyed(args))
+    except SystemExit as exc:  # sealed with Shamir keys, or not initialised
+        print(exc.code, file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(
+            "the keyed check needs storage_dsn and an auto-unseal seal (--config or "
+            "BROKER_* variables); with Shamir keys use GET /v1/sys/audit-verify/PATH on the "
+            "running server, or --structure-only for a keyless check of the structure",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _read_audit_files(files: list[str]) -> list[str]:
+    lines: list[str] = []
+    for name in files:
+        with open(name, encoding="utf-8", errors="replace") as fh:
+            lines.extend(fh.read().splitlines())
+    return lines
+
+
+async def _audit_verify_keyed(args: argparse.Namespace) -> int:
+    from broker.exceptions import BrokerError
+    from broker.server.security.audit_chain import ChainKeys, Checkpoint, verify_lines
+    from broker.server.storage.connector import create_pool
+    from broker.server.storage.stores import Stores
+
+    settings = _settings(args.config)
+    lines = _read_audit_files(args.files)
+    target = _real_path(args.target or args.files[-1])
+    node_id = args.node_id or settings.node_id
+    pool = await create_pool(settings.storage_dsn, min_size=1, max_size=2)
+    try:
+        stores = await _unsealed_storage(
+            settings, Stores.open(pool), "or ask the running server: GET sys/audit-verify/PATH"
+        )
+        store = stores.audit
+        checkpoints = [Checkpoint(*row) for row in await store.audit_checkpoints_of_target(target)]
+        found = {c for c in map(_chain_of, lines) if c is not None}
+        chains = found - {c.chain for c in checkpoints}
+        # Checkpoints of chains the files hold, recorded under another path (a renamed file).
+        checkpoints += [
+            Checkpoint(*row) for row in await store.audit_checkpoints_of_chains(sorted(chains))
+        ]
+        latest_row = await store.latest_audit_checkpoint(target, node_id) if node_id else None
+        keys = ChainKeys(stores.connector.barrier)
+        latest = None if latest_row is None else Checkpoint(*latest_row)
+        report = verify_lines(lines, keys, checkpoints, latest)
+    except BrokerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        await pool.close()
+    if not node_id:
+        print(
+            "note: no node id (--node-id or the node_id setting): a file emptied or replaced "
+            "since its last checkpoint is not detected",
+            file=sys.stderr,
+        )
+    return _print_audit_report(args.files, report)
+
+
+def _real_path(path: str) -> str:
+    """Where checkpoints name a file: the real path the server wrote to."""
+    return os.path.realpath(path)
+
+
+def _chain_of(line: str) -> str | None:
+    import json
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    chain = entry.get("chain") if isinstance(entry, dict) else None
+    return chain if isinstance(chain, str) else None
+
+
+def _print_audit_report(files: list[str], report: Any) -> int:
+    name = " + ".join(files)
+    if report.broken is not None:
+        print(f"{name}: chain broken at line {report.broken.line_number}: {report.broken.reason}")
+        print(f"({report.entries} entries before it verified)", file=sys.stderr)
+        return 1
+    if report.truncated is not None:
+        print(f"{name}: truncated: {report.truncated}")
+        return 1
+    what = "MACs and checkpoints verified" if report.keyed else "structure intact"
+    print(
+        f"{name}: {report.entries} entries, chain intact ({what}; "
+        f"{report.checkpoints_checked} checkpoint(s) matched)"
+    )
+    if report.legacy_entries:
+        print(
+            f"note: {report.legacy_entries} entries predate the keyed chain (plain SHA-256): "
+            "whoever can write the file could have rewritten them"
+        )
+    return 0

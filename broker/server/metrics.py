@@ -84,6 +84,13 @@ class Metrics:
             registry=r,
         )
         self.backlog = Gauge("broker_sweep_backlog", "Leases due for revocation now", registry=r)
+        self.integrity_failures = Counter(
+            "broker_storage_integrity_failures",
+            "Stored rows that failed their integrity check (edited, moved or copied in "
+            "storage) and were refused",
+            ["table"],
+            registry=r,
+        )
         self.pool = Gauge(
             "broker_target_pool_connections",
             "Connections of each target's pool by state",

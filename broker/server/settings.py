@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -38,6 +39,17 @@ class Settings:
     rate_limit_per_address: float = 0.0
     rate_limit_per_token: float = 0.0
     rate_limit_burst: int = 0
+    #: Vault's listener options for a broker behind a proxy or load balancer: the proxies'
+    #: networks (CIDR; a TOML list, or comma-separated in the variable). A request from one
+    #: of them is taken to come from the address its ``X-Forwarded-For`` names (the one the
+    #: trusted proxy appended, less ``x_forwarded_for_hop_skips`` hops), for CIDR bindings,
+    #: rate limits and audit. Empty (the default): the header is ignored, the peer is the
+    #: client. With ``x_forwarded_for_reject_not_authorized`` (Vault's default), a request
+    #: carrying the header from any other peer is refused with a 400, not served as if the
+    #: header had been honoured or absent.
+    x_forwarded_for_authorized_addrs: tuple[str, ...] = ()
+    x_forwarded_for_hop_skips: int = 0
+    x_forwarded_for_reject_not_authorized: bool = True
     #: Where connections may point: comma-separated host names and IP networks (CIDR), e.g.
     #: "10.0.0.0/8, db.internal". Empty: anywhere. Stops a policy holder who may write
     #: database/config from making the broker connect (and send credentials) elsewhere.
@@ -140,6 +152,8 @@ def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
         "lease_retention",
     ):
         return parse_duration(value, name)
+    if name == "x_forwarded_for_authorized_addrs":
+        return _networks(name, value)
     if kind == "tuple[str, ...]":
         return _directories(name, value)
     if kind == "bool":
@@ -160,3 +174,16 @@ def _directories(name: str, value: Any) -> tuple[str, ...]:
     if relative:
         raise ValueError(f"{name}: not absolute paths: {', '.join(relative)}")
     return paths
+
+
+def _networks(name: str, value: Any) -> tuple[str, ...]:
+    """A TOML list or a comma-separated string of CIDR blocks (or single addresses),
+    checked at load: a typo must stop the server, not quietly trust nobody or everybody."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    blocks = tuple(str(item).strip() for item in items if str(item).strip())
+    for block in blocks:
+        try:
+            ipaddress.ip_network(block, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{name}: invalid CIDR block {block!r}") from exc
+    return blocks

@@ -1,6 +1,7 @@
 """Audit devices: every call leaves a request and a response entry with secrets hashed,
-the hash chain catches an edited or deleted line (``broker audit verify``), and when no
-device can record, the request fails instead of going unaudited."""
+the keyed chain catches an edited or deleted line (``broker audit verify``, which opens
+storage with the auto-unseal key), and when no device can record, the request fails
+instead of going unaudited."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from tests.conftest import RunningBroker
 from tests.support import run_cli
 
 
-def _verify(path: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("audit", "verify", str(path))
+def _verify(broker: RunningBroker, path: Path) -> subprocess.CompletedProcess[str]:
+    """The keyed check: storage (and the suite's auto-unseal key) from the environment."""
+    env = {"BROKER_STORAGE_DSN": broker.settings.storage_dsn}
+    return run_cli("audit", "verify", str(path), env=env)
 
 
 async def test_file_audit_hashes_secrets_and_chains_entries(
@@ -59,15 +62,26 @@ async def test_file_audit_hashes_secrets_and_chains_entries(
         assert issued[0]["auth"]["policies"] == ["root"]
         assert issued[0]["request"]["remote_address"] == "127.0.0.1"
         refusal = [e for e in entries if e["type"] == "response" and e["error"]]
-        assert refusal[-1]["error"] == "permission denied"
-        assert refusal[-1]["auth"]["accessor"] == token["accessor"]
+        # The error and the accessor are HMAC'd (hmac_accessor defaults to true); the
+        # error's kind stays readable.
+        for value, field in (("permission denied", "error"), (token["accessor"], "accessor")):
+            hashed = await http.write("sys/audit-hash/brkt-file", {"input": value})
+            where = refusal[-1]["auth"] if field == "accessor" else refusal[-1]
+            assert where[field] == hashed.data["hash"]
+        assert refusal[-1]["error_kind"] == "PermissionDenied"
+        assert token["accessor"] not in text
     finally:
         assert (await http.delete("sys/audit/brkt-file")).status == 204
         await http.write("sys/leases/revoke-prefix/database/creds/brkt-pg-ro/")
 
-    assert _verify(log_path).returncode == 0
-    report = _verify(log_path).stdout
-    assert "chain intact" in report
+    result = _verify(broker, log_path)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "chain intact (MACs and checkpoints verified" in result.stdout
+    # Without settings the CLI has no key: it refuses, unless only the structure is asked for.
+    bare = run_cli("audit", "verify", str(log_path), env={"BROKER_STORAGE_DSN": ""})
+    assert bare.returncode == 2 and "--structure-only" in bare.stderr
+    structural = run_cli("audit", "verify", "--structure-only", str(log_path))
+    assert structural.returncode == 0 and "structure only" in structural.stdout
 
     # Edit one line: the chain breaks at the next one.
     edited = lines.copy()
@@ -77,13 +91,13 @@ async def test_file_audit_hashes_secrets_and_chains_entries(
     )
     assert edited[target] != lines[target]
     log_path.write_text("\n".join(edited) + "\n")
-    result = _verify(log_path)
+    result = _verify(broker, log_path)
     assert result.returncode == 1
     assert f"line {target + 2}" in result.stdout
 
     # Delete one line: also caught.
     log_path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
-    result = _verify(log_path)
+    result = _verify(broker, log_path)
     assert result.returncode == 1 and "line 4" in result.stdout
 
 
@@ -97,7 +111,8 @@ async def test_table_device_and_no_unaudited_access(broker: RunningBroker, tmp_p
         assert (await http.read("sys/mounts")).status == 200
         report = (await http.read("sys/audit-verify/brkt-table")).data["nodes"]
         (node,) = report.values()
-        assert node["entries"] >= 2 and node["break"] is None
+        assert node["entries"] >= 2 and node["break"] is None and node["keyed"]
+        assert node["truncated"] is None
     finally:
         await asyncio.to_thread(client.sys.disable_audit_device, "brkt-table")
 

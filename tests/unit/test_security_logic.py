@@ -18,7 +18,10 @@ from broker.exceptions import (
 from broker.server.auth.acl import ACL, parse_policy
 from broker.server.security.audit_chain import (
     GENESIS,
+    ChainKeys,
+    Checkpoint,
     hash_values,
+    head_after,
     line_hash,
     render_line,
     verify_lines,
@@ -125,21 +128,75 @@ def test_any_threshold_of_shares_rebuilds_the_root_key() -> None:
     assert split_root_key(root, 1, 1) == [root]
 
 
-def test_audit_chain_detects_edits_and_deletions() -> None:
-    lines, head = [], GENESIS
-    for n in range(5):
-        line = render_line({"n": n}, head)
-        head = line_hash(line)
+def _keyed_log(keys: ChainKeys, count: int, first: str | None = None) -> list[str]:
+    lines, head = [], head_after(first, keys)
+    for n in range(count):
+        line = render_line({"n": n}, head.chain, head.seq + 1, head.tag)
+        head = type(head)(head.chain, head.seq + 1, keys.tag(line))
         lines.append(line)
-    assert verify_lines(iter(lines)) == (5, None)
+    return lines
+
+
+def test_audit_chain_detects_edits_and_deletions() -> None:
+    keys = ChainKeys(Keyring.generate())
+    lines = _keyed_log(keys, 5)
+    report = verify_lines(iter(lines), keys)
+    assert (report.entries, report.broken, report.truncated) == (5, None, None)
+    assert json.loads(lines[0])["prev_hash"] == GENESIS
+    assert json.loads(lines[1])["prev_hash"].startswith("hmac-sha256:v1:")
     edited = [*lines]
     edited[1] = edited[1].replace('"n":1', '"n":7')
-    count, broken = verify_lines(iter(edited))
-    assert broken is not None and broken.line_number == 3 and count == 2
-    count, broken = verify_lines(iter(lines[:2] + lines[3:]))
-    assert broken is not None and broken.line_number == 3
-    _, broken = verify_lines(iter(["not json"]))
-    assert broken is not None and broken.line_number == 1
+    report = verify_lines(iter(edited), keys)
+    assert report.broken is not None and report.broken.line_number == 3 and report.entries == 2
+    report = verify_lines(iter(lines[:2] + lines[3:]), keys)
+    assert report.broken is not None and report.broken.line_number == 3
+    assert verify_lines(iter(["not json"]), keys).broken == verify_lines(["x"]).broken
+
+
+def test_audit_chain_cannot_be_recomputed_without_the_key() -> None:
+    """The old attack: edit a line and recompute every link after it. A plain hash (or
+    another install's key) does not make a MAC under this keyring's chain key."""
+    keyring = Keyring.generate()
+    keys = ChainKeys(keyring)
+    lines = _keyed_log(keys, 4)
+    forged, head = [lines[0]], lines[0]
+    forger = ChainKeys(Keyring.generate())
+    for line in lines[1:]:
+        entry = json.loads(line)
+        entry["n"] = 99
+        entry["prev_hash"] = forger.tag(head)
+        head = json.dumps(entry, separators=(",", ":"))
+        forged.append(head)
+    assert verify_lines(iter(forged)).broken is None  # the structure alone holds
+    report = verify_lines(iter(forged), keys)
+    assert report.broken is not None and report.broken.line_number == 2
+    # A checkpoint past the end is a truncation; one that does not match is an edit.
+    tag = keys.tag(lines[3])
+    report = verify_lines(
+        iter(lines[:3]), keys, [Checkpoint(json.loads(lines[0])["chain"], 4, tag)]
+    )
+    assert report.truncated is not None and "at least 1 entries" in report.truncated
+    report = verify_lines(iter(lines), keys, [Checkpoint(json.loads(lines[0])["chain"], 4, tag)])
+    assert report.intact and report.checkpoints_checked == 1
+    # After a rotation new links name the new term; the old ones still verify.
+    rotated = ChainKeys(keyring.rotated())
+    more = _keyed_log(rotated, 2, first=lines[-1])
+    assert json.loads(more[0])["prev_hash"].startswith("hmac-sha256:v2:")
+    assert verify_lines(iter(lines + more), rotated).intact
+
+
+def test_an_old_unkeyed_log_is_continued_by_the_keyed_chain() -> None:
+    keys = ChainKeys(Keyring.generate())
+    old, head = [], GENESIS
+    for n in range(3):
+        line = json.dumps({"n": n, "prev_hash": head}, separators=(",", ":"))
+        head = line_hash(line)
+        old.append(line)
+    lines = old + _keyed_log(keys, 2, first=old[-1])
+    report = verify_lines(iter(lines), keys)
+    assert report.intact and report.legacy_entries == 3 and report.entries == 5
+    # An unkeyed line cannot be slipped in after keyed ones.
+    assert verify_lines(iter([*lines, old[0]]), keys).broken is not None
 
 
 def test_audit_hashes_every_string_but_identifiers() -> None:

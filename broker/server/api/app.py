@@ -16,12 +16,19 @@ from broker.server.api.context import SERVICES, RequestContext, Services, presen
 
 __all__ = ["SERVICES", "build_app", "dispatch"]
 from broker.durations import parse_duration
-from broker.exceptions import BrokerError, InvalidRequest, PermissionDenied, Sealed
+from broker.exceptions import (
+    BrokerError,
+    InvalidRequest,
+    PermissionDenied,
+    Sealed,
+    TooManyRequests,
+)
 from broker.logs import REQUEST_ID
 from broker.server.api import console
 from broker.server.api.audit_entries import audit_request_entry, audit_response_part
+from broker.server.api.forwarding import CLIENT_ADDRESSES, ClientAddresses, client_address
 from broker.server.api.params import Params
-from broker.server.api.paths import canonical_path, judged_form
+from broker.server.api.paths import canonical_path, judged_form, needs_token
 from broker.server.api.responses import (
     PAYLOAD,
     broker_error_response,
@@ -50,6 +57,8 @@ access_log = logging.getLogger("broker.access")
 _SEALED_PATHS = ("sys/init", "sys/seal-status", "sys/unseal")
 #: The matched route's template, for the HTTP metrics.
 ROUTE_KEY = web.RequestKey("broker.route", str)
+#: Set once ``_audited`` has written the request's entries (see ``audit_refusals``).
+AUDITED_KEY = web.RequestKey("broker.audited", bool)
 
 
 async def _resolve(
@@ -87,14 +96,23 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     caller the policies refuse and nothing is served that no audit device recorded."""
     services = request.app[SERVICES]
     operation = operation_of(request)
-    remote = request.remote or ""
+    remote = client_address(request)  # the proxy's client, if it is a trusted proxy
     services.address_limits.take(remote, "address")
     # The one form of the path that the ACL judges and the handler acts on (paths.py).
     path = canonical_path(request.match_info["tail"], operation is Operation.LIST)
     if services.seal.sealed and not (path == "sys/health" or path.startswith(_SEALED_PATHS)):
         raise Sealed()
+    # Authenticate before routing: without a valid token every path but the open ones is
+    # the same 403, so no 404 tells a stranger which mounts or roles exist (paths.py).
+    caller: Caller | None = None
+    token_checked = needs_token(path)
+    if token_checked:
+        caller = await services.tokens.authenticate(presented_token(request), remote)
+        if caller is None:
+            raise PermissionDenied()
     found = await _resolve(services, request.app[ROUTE_TABLES], path)
     if found is None:
+        await _refuse_unrouted(services, caller, path, operation)
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args, mount = found
     path, args = judged_form(path, target, args)
@@ -103,15 +121,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise Sealed()
     handler = target.handlers.get(operation) if operation else None
     if handler is None:
+        await _refuse_unrouted(services, caller, path, operation)
         return error_response(405, ["unsupported operation"])
     # Everything about the request is checked before any handler runs: a handler's side
     # effects (a login, a lease) happen only for a request that will get its answer.
     params = await Params.from_request(request)
     wrap_ttl = _wrap_ttl(request.headers.get(WRAP_TTL_HEADER, ""))
-    caller: Caller | None = None
     denied = False
     if target.authenticated:
-        caller = await services.tokens.authenticate(presented_token(request), remote)
+        if not token_checked:  # an open-shaped path that routed to a guarded one
+            caller = await services.tokens.authenticate(presented_token(request), remote)
         if caller is not None:
             services.token_limits.take(caller.accessor or "root", "token")
             acl = await services.policies.acl(caller.policies)
@@ -135,6 +154,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     finally:
         if caller is not None and caller.spent:
             await services.tokens.after_request(caller)
+
+
+async def _refuse_unrouted(
+    services: Services, caller: Caller | None, path: str, operation: Operation | None
+) -> None:
+    """Before a 404 or 405: a token its policies do not allow on ``path`` gets Vault's 403
+    instead, so only a caller who may use a path learns whether anything is there. A
+    use-limited token's last use is spent all the same."""
+    if caller is None:
+        return
+    if caller.spent:
+        await services.tokens.after_request(caller)
+    acl = await services.policies.acl(caller.policies)
+    if not acl.allows(path, operation.value if operation else ""):
+        raise PermissionDenied()
 
 
 def _wrap_ttl(header: str) -> int:
@@ -187,20 +221,21 @@ async def _audited(
     ctx: RequestContext, handler: Handler, operation: str, denied: bool
 ) -> web.StreamResponse:
     services = ctx.services
+    ctx.request[AUDITED_KEY] = True
     hmac = services.auditor.hash_value
     entry = audit_request_entry(ctx, operation, hmac)
     await services.auditor.record({**entry, "type": "request"})
-    error = ""
+    error = kind = ""
     try:
         if denied:
             raise PermissionDenied()
         response = await handler(ctx)
     except BrokerError as exc:
         response = broker_error_response(exc)
-        error = "; ".join(exc.errors)
+        error, kind = "; ".join(exc.errors), type(exc).__name__
     try:
         await services.auditor.record(
-            {**entry, "type": "response", **audit_response_part(response, error, hmac)}
+            {**entry, "type": "response", **audit_response_part(response, error, hmac, kind)}
         )
     except BaseException:
         payload = response.get(PAYLOAD)
@@ -264,6 +299,51 @@ async def vault_errors(
         return error_response(500, ["internal error"])
 
 
+@web.middleware
+async def audit_refusals(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Audit the ``/v1/`` requests refused before ``_audited`` ran (no route, no such
+    operation, a body that does not parse, NUL, a bad wrap TTL, too large): with a device
+    enabled and the node unsealed, every request that reaches the API gets a request and a
+    response entry, and if no device can record them the answer is the audit failure.
+    Rate-limit refusals are the exception, so a flood cannot become audit writes."""
+    kind = ""
+    try:
+        response = await handler(request)
+    except TooManyRequests:
+        raise
+    except BrokerError as exc:
+        if request.get(AUDITED_KEY) or not _auditing(request):
+            raise
+        response, kind = broker_error_response(exc), type(exc).__name__
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.get(AUDITED_KEY) or not _auditing(request):
+            raise
+        response, kind = error_response(exc.status, [exc.reason]), type(exc).__name__
+    if response.status < 400 or request.get(AUDITED_KEY) or not _auditing(request):
+        return response
+    services = request.app[SERVICES]
+    errors = (response.get(PAYLOAD) or {}).get("errors") or [response.reason or ""]
+    try:
+        remote = client_address(request)
+    except BrokerError:  # the refusal being audited may be the forwarding check's own
+        remote = request.remote or ""
+    ctx = RequestContext(request, services, Params({}), {}, "", None, remote)
+    hmac = services.auditor.hash_value
+    operation = operation_of(request) or request.method.lower()
+    entry = audit_request_entry(ctx, operation, hmac)
+    await services.auditor.record({**entry, "type": "request"})
+    part = audit_response_part(response, "; ".join(map(str, errors)), hmac, kind or "refused")
+    await services.auditor.record({**entry, "type": "response", **part})
+    return response
+
+
+def _auditing(request: web.Request) -> bool:
+    services = request.app[SERVICES]
+    return request.path.startswith("/v1/") and services.auditor.enabled and not services.seal.sealed
+
+
 def build_app(
     settings: Settings,
     services_ctx: Callable[[web.Application], AbstractAsyncContextManager[None]],
@@ -272,9 +352,11 @@ def build_app(
     middlewares; ``services_ctx`` (``broker.server.assembly``) builds and tears down what
     the handlers call, so the API itself never constructs storage or engines."""
     app = web.Application(
-        middlewares=[request_context, vault_errors], client_max_size=settings.max_request_bytes
+        middlewares=[request_context, vault_errors, audit_refusals],
+        client_max_size=settings.max_request_bytes,
     )
     app[ROUTE_TABLES] = TABLES
+    app[CLIENT_ADDRESSES] = ClientAddresses.from_settings(settings)
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
     console.add_routes(app)
     app.cleanup_ctx.append(services_ctx)

@@ -38,7 +38,9 @@ def audit_request_entry(
         "request": {
             "id": REQUEST_ID.get(),
             "operation": operation,
-            "path": ctx.request.match_info["tail"],
+            # The path as routed; a request the router could not match (a raw newline in
+            # it) has none, and is recorded percent-encoded as it arrived.
+            "path": ctx.request.match_info.get("tail", ctx.request.raw_path),
             "mount_point": ctx.mount,
             "remote_address": ctx.remote,
             "data": hash_values(ctx.params.audit_view(), hmac) or None,
@@ -47,8 +49,12 @@ def audit_request_entry(
 
 
 def audit_response_part(
-    response: web.StreamResponse, error: str, hmac: Callable[[str], str]
+    response: web.StreamResponse, error: str, hmac: Callable[[str], str], error_kind: str = ""
 ) -> dict[str, Any]:
+    """The response half of an entry. ``error`` is hashed like every other value: an error
+    message can quote what the caller sent (a template, a parameter), so it is never
+    written in the clear; ``error_kind`` (the broker's error class, a fixed name) stays
+    readable so refusals can be counted and told apart without the key."""
     payload = response.get(PAYLOAD) or {}
     body: dict[str, Any] = {"status": response.status}
     if payload.get("lease_id"):
@@ -60,4 +66,4 @@ def audit_response_part(
     if "data" not in body and payload and not error and "errors" not in payload:
         # sys/ answers (init, seal status...) carry their fields at the top level.
         body["data"] = hash_values(payload, hmac)
-    return {"response": body, "error": error}
+    return {"response": body, "error": hmac(error) if error else "", "error_kind": error_kind}

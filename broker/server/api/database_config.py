@@ -8,6 +8,7 @@ from broker.exceptions import InvalidRequest
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import list_response, no_content, vault_response
 from broker.server.database.catalog import ConnectionUpdate
+from broker.server.database.endpoints import shown_connection_url
 
 #: Integer options and the ranges they may take (a pool of 0 or a timeout of ages would
 #: only fail later, at issuance, instead of now).
@@ -54,6 +55,11 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
     password_policy = p.text("password_policy")
     if password_policy is not None:
         options["password_policy"] = password_policy
+    # Vault's PostgreSQL option: "scram-sha-256" (the broker's default) or "password";
+    # the engine checks the value, so a bad one is a 400 before anything is stored.
+    password_authentication = p.text("password_authentication")
+    if password_authentication is not None:
+        options["password_authentication"] = password_authentication
     root_statements = p.statements("root_rotation_statements")
     if root_statements is None:
         root_statements = p.statements("root_credentials_rotate_statements")
@@ -84,7 +90,7 @@ async def read_connection(ctx: RequestContext) -> web.StreamResponse:
         "plugin_name": c.plugin_name,
         "plugin_version": "",
         "connection_details": {
-            "connection_url": c.connection_url,
+            "connection_url": shown_connection_url(c),
             "username": c.username,
             **{k: v for k, v in c.options.items() if k not in _TOP_LEVEL_OPTIONS},
         },

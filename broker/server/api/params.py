@@ -125,9 +125,38 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest("failed to parse JSON input: " + str(exc).split(":")[0]) from exc
+    except RecursionError as exc:  # nesting deeper than the interpreter's stack allows
+        raise InvalidRequest(_TOO_DEEP) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("failed to parse JSON input: expected an object")
+    if _too_deep(body):
+        raise InvalidRequest(_TOO_DEEP)
     return body
+
+
+#: Vault's default ``max_json_depth``. Everything after parsing (the NUL check, the audit
+#: log's hashing, handlers) walks values recursively: a body nested deeper than this is
+#: refused first, so no later walk can exhaust the stack and turn into a 500.
+MAX_JSON_DEPTH = 300
+_TOO_DEEP = f"failed to parse JSON input: nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``MAX_JSON_DEPTH`` deep;
+    iterative, so the check itself cannot overflow."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _has_nul(value: Any) -> bool:

@@ -45,6 +45,30 @@ def canonical_path(raw: str, listing: bool) -> str:
     return path
 
 
+#: The paths that need no token (Vault's unauthenticated paths), known by their shape alone.
+OPEN_PATHS = frozenset(
+    {
+        "sys/health",
+        "sys/init",
+        "sys/seal-status",
+        "sys/unseal",
+        "sys/wrapping/unwrap",
+        "sys/wrapping/lookup",
+        "sys/wrapping/rewrap",
+        "sys/internal/specs/openapi",
+    }
+)
+_LOGIN = re.compile(r"auth/(?!token/)[^/]+(?:/[^/]+)*/login")
+
+
+def needs_token(path: str) -> bool:
+    """Whether ``path`` (canonical) can only be served to a valid token. Decided by shape,
+    before any route or mount is resolved, so a caller without a token learns nothing of
+    what exists (every such path is the same 403) and costs no mount lookup; only an auth
+    method's login (``auth/<mount>/login``) is resolved without one."""
+    return path not in OPEN_PATHS and not _LOGIN.fullmatch(path)
+
+
 def judged_form(path: str, target: Route, args: dict[str, str]) -> tuple[str, dict[str, str]]:
     """The path the ACL judges and the arguments the handler gets, from one canonical path
     and the route it matched: lower-cased together where the route's names are

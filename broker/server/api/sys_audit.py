@@ -50,6 +50,7 @@ async def hash_value(ctx: RequestContext) -> web.StreamResponse:
 
 
 async def verify_device(ctx: RequestContext) -> web.StreamResponse:
-    """A ``table`` device's chains, checked by the server (file devices: ``broker audit
-    verify FILE`` on the host)."""
-    return vault_response({"nodes": await ctx.services.auditor.verify_table(ctx.arg("path"))})
+    """A device's log checked by the server with the audit chain key and the checkpoints
+    in storage: a ``table`` device's chain per node (``nodes``), a ``file`` device's file
+    as this node's host has it (``file``). The key never leaves the server."""
+    return vault_response(await ctx.services.auditor.verify(ctx.arg("path")))

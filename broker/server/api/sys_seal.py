@@ -7,6 +7,7 @@ from aiohttp import web
 from broker.exceptions import InvalidRequest
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import json_response, no_content, vault_response
+from broker.server.api.sys_wrapping import WRAP_TTL_HEADER
 
 
 async def read_init(ctx: RequestContext) -> web.StreamResponse:
@@ -24,7 +25,14 @@ def _count(ctx: RequestContext, name: str, default: int) -> int:
 
 
 async def initialize(ctx: RequestContext) -> web.StreamResponse:
-    """Vault's body: secret_shares and secret_threshold (recovery_* with an auto-unseal)."""
+    """Vault's body: secret_shares and secret_threshold (recovery_* with an auto-unseal).
+
+    A wrapped answer is refused before anything is initialised: the unseal keys and the
+    root token exist only in this answer, and wrapping needs the keyring that init has
+    just made but that stays sealed, so the wrap would fail after the commit and the keys
+    be lost with it."""
+    if ctx.request.headers.get(WRAP_TTL_HEADER):
+        raise InvalidRequest("sys/init cannot be response-wrapped: the keys would be lost")
     shares = _count(ctx, "secret_shares", 0) or _count(ctx, "recovery_shares", 5)
     threshold = _count(ctx, "secret_threshold", 0) or _count(ctx, "recovery_threshold", 3)
     result = await ctx.services.seal.initialize(shares, threshold)

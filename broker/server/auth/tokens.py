@@ -63,6 +63,27 @@ def check_cidrs(cidrs: Sequence[str], field_name: str) -> tuple[str, ...]:
     return tuple(cidrs)
 
 
+def child_cidrs(parent: Sequence[str], wanted: Sequence[str]) -> tuple[str, ...]:
+    """The CIDR binding of a token created by a token bound to ``parent``: the parent's
+    when none is asked for (Vault copies them), else ``wanted`` if every block lies inside
+    one of the parent's. A child may narrow its parent's binding, never widen it:
+    otherwise a token bound to one network would mint an unbound one from there and hand
+    it anywhere. (Vault ignores the request and copies the parent's; narrowing is safe.)"""
+    if not wanted:
+        return tuple(parent)
+    parents = [ipaddress.ip_network(c, strict=False) for c in parent]
+    for cidr in wanted:
+        block = ipaddress.ip_network(cidr, strict=False)
+        if not any(
+            block.version == p.version and block.subnet_of(p)  # type: ignore[arg-type]
+            for p in parents
+        ):
+            raise InvalidRequest(
+                f"bound_cidrs: {cidr} is not within the parent token's bound CIDRs"
+            )
+    return tuple(wanted)
+
+
 def normalise_policies(names: Sequence[str]) -> tuple[str, ...]:
     """Policy names as stored and compared: trimmed, lower-cased (Vault's), no blanks."""
     return tuple(sorted({n.strip().lower() for n in names if n.strip()}))
@@ -186,6 +207,9 @@ class TokenManager:
         if request.no_parent and not (parent.is_root or may_orphan):
             raise PermissionDenied("root or sudo privileges required to create orphan token")
         ceiling = None if request.no_parent or parent.entry is None else parent.entry
+        if parent.entry is not None and parent.entry.bound_cidrs:
+            bound = child_cidrs(parent.entry.bound_cidrs, request.bound_cidrs)
+            request = replace(request, bound_cidrs=bound)
         return await self._insert(request, policies, parent.accessor, ceiling)
 
     async def create_for_login(self, request: TokenRequest) -> tuple[str, TokenEntry]:

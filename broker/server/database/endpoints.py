@@ -9,6 +9,7 @@ from broker.exceptions import BrokerError
 from broker.models import Connection
 from broker.server.engines.mysql import parse_connection_url as parse_mysql_url
 from broker.server.engines.postgres import parse_connection_url as parse_postgres_url
+from broker.server.engines.url_templates import masked_template
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:
@@ -64,3 +65,10 @@ def public_endpoint(connection: Connection) -> dict[str, str]:
         return endpoint
     endpoint.update({k: v for k, v in picked.items() if "{{" not in v})
     return endpoint
+
+
+def shown_connection_url(connection: Connection) -> str:
+    """The stored URL as a read answers it: a password written into it is masked, so
+    the stored admin password never comes back out (``rotate-root`` promises only the
+    broker knows it)."""
+    return masked_template(connection.connection_url)

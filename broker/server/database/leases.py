@@ -353,7 +353,8 @@ class LeaseManager:
         return await self._leases.get_lease(lease_id)
 
     async def renew(self, lease_id: str, increment: int) -> RenewedLease:
-        lease = await self._leases.get_lease(lease_id)
+        # Checked: renewal runs the row's renew statements for its user, as the admin.
+        lease = await self._leases.get_lease(lease_id, checked=True)
         refusal = renewal_refusal(lease, _now())
         if refusal or lease is None:
             raise InvalidRequest(refusal or "lease not found")

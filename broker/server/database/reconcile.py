@@ -7,12 +7,20 @@ template, the text before the first ``{{`` of a custom one (no prefix: not recon
 since nothing identifies the broker's users), and by holding only the characters the
 broker's names are made of: a name with quotes or control characters was made by someone
 else, and is logged as skipped, never reported as an orphan nor dropped.
+
+A prefix is not proof of ownership: another broker, or Vault itself, issuing ``v_`` users
+on the same server makes the same names. So each user an engine creates carries a mark of
+this install (``broker_install``'s id: a role comment on PostgreSQL, membership of a
+privilege-less role ``broker_<id>_<admin tag>`` on MySQL/MariaDB), and only marked users are
+orphans that ``--revoke`` may drop. An unmarked look-alike without a live lease is
+reported as ``unmarked`` and never touched: another install's, someone's by hand, or this
+install's from before marks existed (drop those by hand once checked).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.exceptions import BrokerError
 from broker.models import Connection
@@ -38,6 +46,8 @@ class ReconcileReport:
     orphans: list[Orphan]
     revoked: list[Orphan]
     errors: list[str]
+    #: Look-alikes without this install's mark: reported, never dropped.
+    unmarked: list[Orphan] = field(default_factory=list)
 
 
 def username_prefix(connection: Connection) -> str:
@@ -62,6 +72,7 @@ class Reconciler:
             engine = self._engines.get(connection)
             try:
                 names = [n for n in await engine.list_users(prefix) if n not in seen]
+                marked = await engine.marked_users(prefix) if names else set()
             except BrokerError as exc:
                 report.errors.append(f"{connection.mount}/{connection.name}: {exc.message}")
                 continue
@@ -79,6 +90,9 @@ class Reconciler:
                 if name in live:
                     continue
                 orphan = Orphan(connection.mount, connection.name, name)
+                if name not in marked:
+                    report.unmarked.append(orphan)
+                    continue
                 report.orphans.append(orphan)
                 if revoke:
                     try:
@@ -97,4 +111,11 @@ class Reconciler:
                 orphan.username,
                 orphan.mount,
                 orphan.connection,
+            )
+        for other in report.unmarked:
+            log.info(
+                "user %s on %s/%s looks like the broker's but is not this install's: left alone",
+                other.username,
+                other.mount,
+                other.connection,
             )

@@ -17,13 +17,14 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from broker.exceptions import BrokerError, TargetError
+from broker.exceptions import BrokerError, RowIntegrityError, TargetError
 from broker.models import ClaimedLease
 from broker.server.engines.base import DatabaseEngine, RevokeUserRequest
 from broker.server.engines.registry import EngineRegistry
 from broker.server.faults import crash_point
 from broker.server.metrics import Metrics
 from broker.server.settings import Settings
+from broker.server.storage import integrity
 from broker.server.storage.catalog import CatalogStore
 from broker.server.storage.leases import LeaseStore
 
@@ -217,7 +218,11 @@ class Revocations:
         errors: dict[str, str | None] = {}
         finished: list[str] = []
         groups: dict[tuple[str, str], list[ClaimedLease]] = {}
+        tampered: list[ClaimedLease] = []
         for lease in claimed:
+            if lease.tampered:
+                tampered.append(lease)
+                continue
             groups.setdefault((lease.mount, lease.connection_name), []).append(lease)
 
         async def chunk(engine: DatabaseEngine, leases: list[ClaimedLease]) -> None:
@@ -246,6 +251,12 @@ class Revocations:
         # Claimed and not yet recorded; if this is cancelled (shutdown), what is left here is
         # handed back by release_claims. If recording fails, the claim timeout hands it back.
         self._in_flight.update(lease.lease_id for lease in claimed)
+        # A row that failed its integrity check (already alerted on and counted) is never
+        # handed to an engine: its statements or user may be an attacker's. It stays
+        # failing, retried with backoff, until the lease is dealt with by hand.
+        refused = RowIntegrityError(integrity.LEASES.table).message
+        for lease in tampered:
+            errors[lease.lease_id] = await self._record_outcome(lease, refused, finished)
         await asyncio.gather(*tasks)
         try:
             await self._leases.finish_revocations(finished)

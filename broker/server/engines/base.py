@@ -19,6 +19,10 @@ class ConnectionConfig:
     username: str
     password: str = field(repr=False)
     options: dict[str, Any] = field(default_factory=dict)
+    #: This install's id (storage's ``broker_install``): every user the engine creates is
+    #: marked with it, so reconciliation touches only this install's users. Empty: no mark
+    #: (an engine built only to check a URL or change a password).
+    install_id: str = ""
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -122,6 +126,11 @@ class DatabaseEngine(Protocol):
         """Names of the users on the server that start with ``prefix`` (for reconciliation)."""
         ...
 
+    async def marked_users(self, prefix: str) -> set[str]:
+        """Those of ``list_users(prefix)`` that carry this install's mark (the only ones
+        reconciliation may drop); empty without an install id."""
+        ...
+
     def pool_stats(self) -> dict[str, int]:
         """Connections of the pool: ``in_use``, ``idle`` and ``max``."""
         ...
@@ -130,20 +139,36 @@ class DatabaseEngine(Protocol):
         """Close the connection pool, waiting for operations in flight."""
 
 
+def install_marker(install_id: str) -> str:
+    """The mark a user of this install carries (a PostgreSQL role comment)."""
+    return f"broker:{install_id}"
+
+
 def format_expiration(moment: dt.datetime) -> str:
     """``{{expiration}}`` as both PostgreSQL and MySQL parse it, in UTC."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
 
 
 def template_values(
-    username: str, *, password: str | None = None, expiration: dt.datetime | None = None
+    username: str,
+    *,
+    password: str | None = None,
+    password_hash: str | None = None,
+    expiration: dt.datetime | None = None,
 ) -> dict[str, str]:
     """The ``{{variables}}`` a statement is rendered with: the user under both of Vault's
     names for it, plus the password and the expiry where the statement kind is given them
-    (``templates.STATEMENT_VARIABLES``; revocation, for one, never sees a password)."""
+    (``templates.STATEMENT_VARIABLES``; revocation, for one, never sees a password).
+
+    ``password`` is what the engine renders ``{{password}}`` as (PostgreSQL: its SCRAM
+    verifier unless the connection says ``password_authentication=password``);
+    ``password_hash`` is the server's stored form (``verifiers``), for statements that
+    say where it goes (``IDENTIFIED BY PASSWORD '{{password_hash}}'``)."""
     values = {"name": username, "username": username}
     if password is not None:
         values["password"] = password
+    if password_hash is not None:
+        values["password_hash"] = password_hash
     if expiration is not None:
         values["expiration"] = format_expiration(expiration)
     return values

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,7 @@ from broker.server.engines.base import (
     SetPasswordRequest,
     template_values,
 )
+from broker.server.engines.driver_errors import describe, mark_statement
 from broker.server.engines.mysql_connect import connect_arguments as connect_arguments
 from broker.server.engines.mysql_connect import is_connect_error
 from broker.server.engines.mysql_connect import parse_connection_url as parse_connection_url
@@ -47,9 +49,17 @@ from broker.server.engines.mysql_sessions import (
 )
 from broker.server.engines.pooled import PooledEngine
 from broker.server.engines.templates import expand_statements, render_sql
+from broker.server.engines.verifiers import PASSWORD_AUTHENTICATION_OPTION, mysql_native_hash
 from broker.server.redaction import redact
 
+#: MySQL's default: its default plugin (caching_sha2_password on 8.0) hashes the password.
 DEFAULT_CREATION = ("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",)
+#: MariaDB's: the same account (MariaDB's ``IDENTIFIED BY`` always means
+#: mysql_native_password), but the statement, and so the general log and the binary log,
+#: carries the hash instead of the password.
+MARIADB_DEFAULT_CREATION = (
+    "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password_hash}}'",
+)
 _DRIVER_ERRORS = (pymysql.err.MySQLError, OSError, TimeoutError)
 
 
@@ -63,9 +73,14 @@ def quote_ident(name: str) -> str:
 
 
 async def _run(cur: Any, statements: list[str], values: Mapping[str, str]) -> None:
-    """Template statements one by one, without parameters (see the module's docstring)."""
-    for statement in statements:
-        await cur.execute(render_sql(statement, values))
+    """Template statements one by one, without parameters (see the module's docstring).
+    A failing statement's error is marked with its position (``driver_errors``)."""
+    for index, statement in enumerate(statements, start=1):
+        try:
+            await cur.execute(render_sql(statement, values))
+        except pymysql.err.MySQLError as exc:
+            mark_statement(exc, index, len(statements))
+            raise
 
 
 async def _hosts(cur: Any, username: str) -> list[str]:
@@ -81,11 +96,17 @@ class MySQLEngine(PooledEngine[Any, Any]):
     use_errors = _DRIVER_ERRORS
 
     def __init__(self, config: ConnectionConfig, *, username_limit: int = 32) -> None:
+        if PASSWORD_AUTHENTICATION_OPTION in config.options:
+            raise InvalidRequest(
+                f"{PASSWORD_AUTHENTICATION_OPTION} applies to postgresql-database-plugin "
+                "only; MySQL statements can use {{password_hash}} instead"
+            )
         self._args = connect_arguments(config)
         super().__init__(config)
         # Opt-in database-side expiry: MySQL has no VALID UNTIL, so a one-shot event per user
         # drops it at expiry (plus grace) even when every broker node is down.
         self._expiry_event = bool(config.options.get("expiry_event"))
+        self._install_role_ready = False
         self._event_schema = str(
             config.options.get("expiry_event_schema") or self._args.get("db", "")
         )
@@ -175,16 +196,26 @@ class MySQLEngine(PooledEngine[Any, Any]):
     # -- DatabaseEngine ---------------------------------------------------------------------
 
     async def create_user(self, request: NewUserRequest) -> None:
+        password_hash = mysql_native_hash(request.password)
         values = template_values(
-            request.username, password=request.password, expiration=request.expiration
+            request.username,
+            password=request.password,
+            password_hash=password_hash,
+            expiration=request.expiration,
         )
-        statements = expand_statements(request.creation_statements or DEFAULT_CREATION)
-        secrets = self._secrets((request.password,))
+        secrets = self._secrets((request.password, password_hash))
         try:
             async with self._cursor() as cur:
+                default = (
+                    MARIADB_DEFAULT_CREATION
+                    if await self._server.is_mariadb(cur)
+                    else DEFAULT_CREATION
+                )
+                statements = expand_statements(request.creation_statements or default)
                 await _run(cur, statements, values)
                 if self._expiry_event:
                     await self._create_expiry_event(cur, request.username, request.expiration)
+                await self._mark(cur, request.username)
         except TargetUnreachable:
             raise  # nothing was sent
         except TargetUnavailable as exc:
@@ -223,9 +254,7 @@ class MySQLEngine(PooledEngine[Any, Any]):
             async with self._cursor() as cur:
                 await _run(cur, expand_statements(request.renew_statements), values)
         except pymysql.err.MySQLError as exc:
-            raise StatementError(
-                "renew statements failed: " + redact(str(exc), self._secrets())
-            ) from exc
+            raise StatementError(f"renew statements failed: {describe(exc)}") from exc
 
     async def user_exists(self, username: str) -> bool:
         """A parameterised look-up of the name at any host."""
@@ -240,8 +269,14 @@ class MySQLEngine(PooledEngine[Any, Any]):
 
     async def set_password(self, request: SetPasswordRequest) -> None:
         """Without statements: the account at every host it exists for (Vault's default
-        names only '%', which misses 'root'@'localhost' and the like)."""
-        values = template_values(request.username, password=request.password)
+        names only '%', which misses 'root'@'localhost' and the like). On MariaDB the
+        statement carries the mysql_native_password hash, which is what ``IDENTIFIED BY``
+        stores there anyway; on MySQL the password, for the account's plugin to hash
+        (caching_sha2_password's stored form is salted by the server: see the README)."""
+        password_hash = mysql_native_hash(request.password)
+        values = template_values(
+            request.username, password=request.password, password_hash=password_hash
+        )
         try:
             async with self._cursor() as cur:
                 if request.statements:
@@ -250,16 +285,14 @@ class MySQLEngine(PooledEngine[Any, Any]):
                 hosts = await _hosts(cur, request.username)
                 if not hosts:
                     raise StatementError(f"no account {request.username!r} on the server")
+                if await self._server.is_mariadb(cur):
+                    statement, secret = "ALTER USER %s@%s IDENTIFIED BY PASSWORD %s", password_hash
+                else:
+                    statement, secret = "ALTER USER %s@%s IDENTIFIED BY %s", request.password
                 for host in hosts:
-                    await cur.execute(
-                        "ALTER USER %s@%s IDENTIFIED BY %s",
-                        (request.username, host, request.password),
-                    )
+                    await cur.execute(statement, (request.username, host, secret))
         except pymysql.err.MySQLError as exc:
-            raise StatementError(
-                "rotation statements failed: "
-                + redact(str(exc), self._secrets((request.password,)))
-            ) from exc
+            raise StatementError(f"rotation statements failed: {describe(exc)}") from exc
 
     async def revoke_user(self, request: RevokeUserRequest) -> None:
         """Lock every account of that name, end its sessions, run the statements, drop.
@@ -299,7 +332,7 @@ class MySQLEngine(PooledEngine[Any, Any]):
                     statements = expand_statements(request.revocation_statements)
                     await _run(cur, statements, template_values(name))
                 except pymysql.err.MySQLError as exc:
-                    errors.append(str(exc))
+                    errors.append(f"revocation statements failed: {describe(exc)}")
             await self._each_account(cur, "DROP USER IF EXISTS %s@%s", name, hosts, errors)
             await cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (name,))
             row = await cur.fetchone()
@@ -369,3 +402,54 @@ class MySQLEngine(PooledEngine[Any, Any]):
                 (len(prefix), prefix),
             )
             return [row[0] for row in await cur.fetchall()]
+
+    @property
+    def _install_role(self) -> str:
+        """``broker_<install id>_<admin tag>``: one role per install and admin account (32
+        characters, MySQL's limit), since only a role's creator may grant it: two
+        connections with different admins on one server each mark with their own."""
+        admin = hashlib.sha256(self._config.username.encode()).hexdigest()[:8]
+        return f"broker_{self._config.install_id[:16]}_{admin}"
+
+    async def _mark(self, cur: Any, username: str) -> None:
+        """Mark a new user as this install's: it is granted the role ``_install_role``
+        (created once, holding no privilege, never a default role, so the user gains
+        nothing). MariaDB has no user comments or attributes; roles
+        it has had since 10.0.5, and whoever creates users may create roles, and holds
+        the ADMIN OPTION on those it created. MySQL 8 works the same way if the admin may
+        grant roles (ROLE_ADMIN); its own ``ALTER USER ... ATTRIBUTE`` would be the
+        alternative there. A failure fails the creation, which is then rolled back."""
+        if not self._config.install_id:
+            return
+        role = quote_ident(self._install_role)
+        for attempt in range(2):
+            if not self._install_role_ready:
+                await cur.execute(f"CREATE ROLE IF NOT EXISTS {role}")
+                self._install_role_ready = True
+            try:
+                for host in await _hosts(cur, username):
+                    await cur.execute(f"GRANT {role} TO %s@%s", (username, host))
+                return
+            except pymysql.err.MySQLError:
+                self._install_role_ready = False  # dropped by someone? made again
+                if attempt:
+                    raise
+
+    async def marked_users(self, prefix: str) -> set[str]:
+        if not self._config.install_id:
+            return set()
+        # Any admin's role of this install: the user may have been made through another
+        # connection to the same server.
+        queries = (
+            "SELECT User FROM mysql.roles_mapping WHERE Role LIKE %s",  # MariaDB
+            "SELECT TO_USER FROM mysql.role_edges WHERE FROM_USER LIKE %s",  # MySQL 8
+        )
+        pattern = f"broker\\_{self._config.install_id[:16]}\\_%"
+        async with self._cursor() as cur:
+            for query in queries:
+                try:
+                    await cur.execute(query, (pattern,))
+                except pymysql.err.ProgrammingError:
+                    continue  # the other server's table
+                return {row[0] for row in await cur.fetchall() if row[0].startswith(prefix)}
+        return set()

@@ -22,6 +22,7 @@ from broker.exceptions import (
     TargetUnreachable,
 )
 from broker.server.engines.base import ConnectionConfig, RevokeUserRequest
+from broker.server.engines.driver_errors import describe
 from broker.server.redaction import redact
 
 PoolT = TypeVar("PoolT")
@@ -130,10 +131,13 @@ class PooledEngine(abc.ABC, Generic[PoolT, ConnT]):
     async def _undo_failed_creation(
         self, message: str, cause: BaseException, rollback: Callable[[], Awaitable[None]]
     ) -> NoReturn:
-        """After creation statements failed with ``message`` (already redacted): run
+        """After creation statements failed with the driver error ``cause``: run
         ``rollback``, then raise. Only a confirmed rollback makes this a plain
         ``StatementError``; otherwise the outcome is unknown and the lease stays for the
-        sweep (``TargetUnavailable``)."""
+        sweep (``TargetUnavailable``). The error says what ``driver_errors.describe`` says
+        of ``cause``, never its text (which quotes the statement, password included), so
+        ``message`` (what the plugin made of it) is not used."""
+        message = describe(cause)
         try:
             await rollback()
         except self.rollback_errors as rollback_exc:

@@ -3,6 +3,7 @@ templates, with revocation in ``postgres_revoke`` and the admin check in ``postg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 
@@ -15,8 +16,10 @@ from broker.server.engines.base import (
     RenewUserRequest,
     RevokeUserRequest,
     SetPasswordRequest,
+    install_marker,
     template_values,
 )
+from broker.server.engines.driver_errors import describe
 from broker.server.engines.pooled import PooledEngine
 from broker.server.engines.postgres_admin import admin_warnings
 from broker.server.engines.postgres_admin import granted_roles as granted_roles
@@ -31,6 +34,7 @@ from broker.server.engines.postgres_revoke import RoleRevocation, drop_roles_tog
 from broker.server.engines.postgres_url import connect_arguments as connect_arguments
 from broker.server.engines.postgres_url import parse_connection_url as parse_connection_url
 from broker.server.engines.templates import expand_statements
+from broker.server.engines.verifiers import password_authentication, scram_sha256_verifier
 from broker.server.redaction import redact
 
 DEFAULT_CREATION = (
@@ -56,9 +60,41 @@ class PostgresEngine(PooledEngine[asyncpg.Pool, asyncpg.Connection]):
     rollback_errors = (BrokerError, *CONNECT_ERRORS)
 
     def __init__(self, config: ConnectionConfig) -> None:
+        #: Whether ``{{password}}`` renders as the SCRAM verifier (a 400 on write if the
+        #: option holds anything else).
+        self._send_verifier = password_authentication(config.options) == "scram-sha-256"
         self._connect_args = connect_arguments(config)
         self._connect_args.setdefault("timeout", float(config.options.get("connect_timeout", 5)))
         super().__init__(config)
+
+    async def _password_forms(
+        self, password: str, statements: Sequence[str]
+    ) -> tuple[str, str | None]:
+        """(what ``{{password}}`` renders as, the verifier for ``{{password_hash}}``, None
+        when no statement needs one).
+
+        With ``password_authentication = scram-sha-256`` (the default) the statement
+        carries the verifier, so the password itself never reaches the server's log,
+        ``pg_stat_activity`` or ``pg_stat_statements``. It saves the server no CPU:
+        PostgreSQL checks a verifier it is given against the empty password, which costs
+        the same 4,096 PBKDF2 rounds as hashing a password (``bench`` step
+        ``verifier_cpu``). The broker computes it before taking a connection, in a thread
+        (about 3 ms of CPU; hashlib releases the GIL), so the event loop keeps serving.
+        """
+        if not self._send_verifier and not any("password_hash" in s for s in statements):
+            return password, None
+        verifier = await asyncio.to_thread(scram_sha256_verifier, password)
+        return (verifier if self._send_verifier else password), verifier
+
+    def _check_server(self, conn: asyncpg.Connection) -> None:
+        """PostgreSQL before 10 would store a verifier as if it were the password (which
+        nobody has), so it is refused there instead; asyncpg knows the version from the
+        connection's start-up, no query needed."""
+        if self._send_verifier and conn.get_server_version().major < 10:
+            raise StatementError(
+                "password_authentication=scram-sha-256 needs PostgreSQL 10 or later; "
+                "set password_authentication=password on this connection"
+            )
 
     def target_hosts(self) -> tuple[str, ...]:
         host = str(self._connect_args.get("host") or "localhost")  # libpq's default
@@ -95,13 +131,21 @@ class PostgresEngine(PooledEngine[asyncpg.Pool, asyncpg.Connection]):
 
     async def create_user(self, request: NewUserRequest) -> None:
         statements = expand_statements(request.creation_statements or DEFAULT_CREATION)
-        values = template_values(
-            request.username, password=request.password, expiration=request.expiration
+        rendered, verifier = await self._password_forms(
+            request.password, (*statements, *request.rollback_statements)
         )
-        secrets = self._secrets((request.password,))
+        values = template_values(
+            request.username,
+            password=rendered,
+            password_hash=verifier,
+            expiration=request.expiration,
+        )
+        secrets = self._secrets((request.password, rendered))
         async with self._connection() as conn:
+            self._check_server(conn)
+            marked = [*statements, *self._mark(request.username)]
             try:
-                await run_in_transaction(conn, statements, values)
+                await run_in_transaction(conn, marked, values)
             except asyncpg.PostgresError as exc:
                 message = redact(str(exc), secrets)
                 if is_connection_loss(exc):
@@ -130,9 +174,7 @@ class PostgresEngine(PooledEngine[asyncpg.Pool, asyncpg.Connection]):
             try:
                 await run_in_transaction(conn, statements, values)
             except asyncpg.PostgresError as exc:
-                raise StatementError(
-                    "renew statements failed: " + redact(str(exc), self._secrets())
-                ) from exc
+                raise StatementError(f"renew statements failed: {describe(exc)}") from exc
 
     async def user_exists(self, username: str) -> bool:
         """A parameterised look-up. A name longer than 63 bytes does not exist: PostgreSQL
@@ -150,21 +192,25 @@ class PostgresEngine(PooledEngine[asyncpg.Pool, asyncpg.Connection]):
 
     async def set_password(self, request: SetPasswordRequest) -> None:
         """The role's own statements, with values checked by ``render_sql``; without any,
-        one ALTER ROLE with the name and password quoted in code (no template)."""
-        values = template_values(request.username, password=request.password)
+        one ALTER ROLE with the name and password (the verifier, by default) quoted in
+        code (no template). For rotate-root too: the broker keeps the password to log in
+        with, the server gets the verifier."""
+        rendered, verifier = await self._password_forms(request.password, request.statements)
+        values = template_values(request.username, password=rendered, password_hash=verifier)
         if request.statements:
             statements = expand_statements(request.statements)
         else:
             statements = [
                 f"ALTER ROLE {quote_ident(request.username)} "
-                f"WITH PASSWORD {quote_literal(request.password)}"
+                f"WITH PASSWORD {quote_literal(rendered)}"
             ]
             values = {}
         async with self._connection() as conn:
+            self._check_server(conn)
             try:
                 await run_in_transaction(conn, statements, values)
             except asyncpg.PostgresError as exc:
-                message = redact(str(exc), self._secrets((request.password,)))
+                message = describe(exc)  # the text may quote the statement
                 if is_connection_loss(exc):
                     raise TargetUnavailable(
                         f"connection lost changing a password: {message}"
@@ -221,3 +267,26 @@ class PostgresEngine(PooledEngine[asyncpg.Pool, asyncpg.Connection]):
                 "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1", prefix
             )
         return [row["rolname"] for row in rows]
+
+    def _mark(self, username: str) -> list[str]:
+        """The statement that marks a new user as this install's: a comment on the role,
+        sent by the broker after the role's creation statements, in their transaction (a
+        user exists marked or not at all). A comment, not a membership, so the user gains
+        nothing by it; the admin may set it as it may create roles (CREATEROLE; from
+        PostgreSQL 16, the ADMIN OPTION its creator holds)."""
+        if not self._config.install_id:
+            return []
+        marker = quote_literal(install_marker(self._config.install_id))
+        return [f"COMMENT ON ROLE {quote_ident(username)} IS {marker}"]
+
+    async def marked_users(self, prefix: str) -> set[str]:
+        if not self._config.install_id:
+            return set()
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)"
+                " AND shobj_description(oid, 'pg_authid') = $2",
+                prefix,
+                install_marker(self._config.install_id),
+            )
+        return {row["rolname"] for row in rows}

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from broker.exceptions import TargetError
+from broker.server.engines.driver_errors import describe
 from broker.server.engines.postgres_common import (
     CONNECT_ERRORS,
     RETRIES,
@@ -195,8 +196,8 @@ class RoleRevocation:
                 expand_statements(revocation_statements),
                 {"name": self._name, "username": self._name},
             )
-        except asyncpg.PostgresError as exc:
-            self.errors.append(str(exc))
+        except asyncpg.PostgresError as exc:  # its text would quote the statement
+            self.errors.append(f"revocation statements failed: {describe(exc)}")
 
     async def _drop_role(self, conn: asyncpg.Connection) -> None:
         """DROP ROLE, retried on concurrency failures. The common case is one DROP; only

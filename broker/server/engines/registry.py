@@ -30,13 +30,16 @@ def check_plugin_name(plugin_name: str) -> None:
         )
 
 
-def build_engine(connection: Connection) -> DatabaseEngine:
+def build_engine(connection: Connection, install_id: str = "") -> DatabaseEngine:
+    """``install_id``: the mark of this install that the engine puts on each user it
+    creates (only the registry's engines create users)."""
     check_plugin_name(connection.plugin_name)
     config = ConnectionConfig(
         connection_url=connection.connection_url,
         username=connection.username,
         password=connection.password,
         options=dict(connection.options),
+        install_id=install_id,
     )
     return PLUGINS[connection.plugin_name](config)
 
@@ -45,7 +48,10 @@ class EngineRegistry:
     """Caches an engine per (mount, connection name), rebuilt when the stored connection's
     version changes (another node, or this one, rewrote it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, install_id: str = "") -> None:
+        #: This install's id, marked on every user the engines create: set once storage is
+        #: open (``NodeStore.install_id``), before any engine is built.
+        self.install_id = install_id
         self._engines: dict[tuple[str, str], tuple[int, DatabaseEngine]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -54,7 +60,7 @@ class EngineRegistry:
         cached = self._engines.get(key)
         if cached is not None and cached[0] == connection.version:
             return cached[1]
-        engine = build_engine(connection)
+        engine = build_engine(connection, self.install_id)
         self._engines[key] = (connection.version, engine)
         if cached is not None:
             self._close_later(cached[1])

@@ -21,13 +21,19 @@ from typing import Generic, NamedTuple, TypeVar
 from broker.exceptions import InvalidRequest
 from broker.server.secrets_gen import IDENTIFIER_ALPHABET, random_string
 
+#: ``{{password_hash}}`` (a broker extension) is the password in the server's stored form
+#: (``verifiers``): MySQL's ``mysql_native_password`` hash, PostgreSQL's SCRAM verifier.
 STATEMENT_VARIABLES: Mapping[str, frozenset[str]] = {
-    "creation_statements": frozenset({"name", "username", "password", "expiration"}),
+    "creation_statements": frozenset(
+        {"name", "username", "password", "password_hash", "expiration"}
+    ),
     "revocation_statements": frozenset({"name", "username"}),
-    "rollback_statements": frozenset({"name", "username", "password", "expiration"}),
+    "rollback_statements": frozenset(
+        {"name", "username", "password", "password_hash", "expiration"}
+    ),
     "renew_statements": frozenset({"name", "username", "expiration"}),
-    "rotation_statements": frozenset({"name", "username", "password"}),
-    "root_rotation_statements": frozenset({"name", "username", "password"}),
+    "rotation_statements": frozenset({"name", "username", "password", "password_hash"}),
+    "root_rotation_statements": frozenset({"name", "username", "password", "password_hash"}),
 }
 #: The statement lists of a dynamic role.
 ROLE_STATEMENT_KINDS = (

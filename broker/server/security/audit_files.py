@@ -18,7 +18,6 @@ import sys
 from collections.abc import Sequence
 
 from broker.exceptions import InvalidRequest
-from broker.server.security.audit_chain import GENESIS, line_hash
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +158,14 @@ class FileSink:
         self._dirs = tuple(allowed_dirs)
         self._refusal_logged = False
 
-    async def head(self) -> str:
-        return self._read_head()
+    @property
+    def target(self) -> str:
+        """What checkpoints name: the file's real path (as ``broker audit verify`` finds
+        it on the host), or ``stdout``."""
+        return self._path if self._path == "stdout" else os.path.realpath(self._path)
+
+    async def last_line(self) -> str | None:
+        return self._read_last_line()
 
     def _open(self, flags: int) -> int:
         try:
@@ -171,20 +176,39 @@ class FileSink:
                 self._refusal_logged = True
             raise
 
-    def _read_head(self) -> str:
-        """The hash of the file's last line: the chain continues across restarts."""
+    def _read_last_line(self) -> str | None:
+        """The file's last line: the chain continues from it across restarts."""
         if self._path == "stdout":
-            return GENESIS
+            return None
         try:
             fd = self._open(os.O_RDONLY)
         except FileNotFoundError:
-            return GENESIS
+            return None
         try:
             _check_opened(fd, self._path)
             tail = _last_line(fd)
         finally:
             os.close(fd)
-        return line_hash(tail) if tail else GENESIS
+        return tail or None
+
+    def read_lines(self) -> list[str]:
+        """The whole file, for the server's verification: opened the way writes are (inside
+        ``audit_file_dirs``, no symlink), so verifying reads only an audit log."""
+        if self._path == "stdout":
+            raise InvalidRequest("a device writing to stdout has no file to verify")
+        try:
+            fd = self._open(os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise InvalidRequest(f"{self._path} does not exist") from exc
+        except OSError as exc:
+            raise InvalidRequest(f"cannot open {self._path}: {exc.strerror}") from exc
+        try:
+            _check_opened(fd, self._path)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read()
+        finally:
+            os.close(fd)
+        return data.decode(errors="replace").splitlines()
 
     async def write(self, lines: Sequence[str]) -> None:
         self._append(lines)

@@ -1,20 +1,33 @@
 """Who may call the broker, in storage: tokens (kept only as HMACs), ACL policies, auth
-methods and AppRole, and wrapped responses (sealed through the keyring). The SQL is
-``sql/auth.sql``."""
+methods and AppRole, and wrapped responses (sealed through the keyring). Token, policy and
+AppRole role rows are authenticated: their MAC is written with them and checked before
+they are used (storage/integrity.py). The SQL is ``sql/auth.sql``."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from broker.exceptions import IntegrityError
 from broker.models import AppRole, TokenEntry
-from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, record, rows_affected
+from broker.server.storage import integrity
+from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, rows_affected
 from broker.server.storage.keyring import KeyringStore
 
 
 def _wrapping_context(accessor: str) -> str:
     return f"broker_wrapped_responses/{accessor}"
+
+
+def _model_values(row: Any, drop: tuple[str, ...]) -> dict[str, Any]:
+    """A checked row's values for its model: arrays as tuples, ``drop`` left out."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in row.items() if k not in drop}
+
+
+def _token_entry(row: Any) -> TokenEntry:
+    return TokenEntry(**_model_values(row, drop=("mac", "token_hmac")))
 
 
 class AuthStore(Store):
@@ -41,6 +54,9 @@ class AuthStore(Store):
     # -- tokens ---------------------------------------------------------------------------
 
     async def insert_token(self, token_hmac: bytes, entry: TokenEntry) -> None:
+        mac = await self._keyring.mac_row(
+            integrity.TOKENS, {**dataclasses.asdict(entry), "token_hmac": token_hmac}
+        )
         await self._execute(
             "insert_token",
             entry.accessor,
@@ -57,15 +73,22 @@ class AuthStore(Store):
             list(entry.bound_cidrs),
             entry.expires_at,
             entry.max_expires_at,
+            mac,
         )
 
     async def get_token_by_hmac(self, token_hmac: bytes) -> TokenEntry | None:
         row = await self._fetchrow("get_token_by_hmac", token_hmac)
-        return record(TokenEntry, row) if row else None
+        return await self._checked_token(row) if row else None
 
     async def get_token_by_accessor(self, accessor: str) -> TokenEntry | None:
         row = await self._fetchrow("get_token_by_accessor", accessor)
-        return record(TokenEntry, row) if row else None
+        return await self._checked_token(row) if row else None
+
+    async def _checked_token(self, row: Any) -> TokenEntry:
+        """The entry, once its row passed its check (one HMAC; the token manager caches
+        entries, so authentication rarely pays it)."""
+        await self._keyring.check_row(integrity.TOKENS, row)
+        return _token_entry(row)
 
     async def use_token(self, accessor: str) -> int | None:
         """Spend one use; the uses left after it, or None if none were left."""
@@ -73,7 +96,18 @@ class AuthStore(Store):
         return None if left is None else int(left)
 
     async def renew_token(self, accessor: str, expires_at: dt.datetime, ttl: int) -> bool:
-        return await self._fetchval("renew_token", accessor, expires_at, ttl) is not None
+        """The new expiry, with the row re-authenticated over it (the row is checked first;
+        a compare-and-set on its MAC, retried over a concurrent change)."""
+        for _ in range(5):
+            row = await self._fetchrow("get_token_by_accessor", accessor)
+            if row is None:
+                return False
+            await self._keyring.check_row(integrity.TOKENS, row)
+            renewed = {**dict(row), "expires_at": expires_at, "ttl": ttl}
+            mac = await self._keyring.mac_row(integrity.TOKENS, renewed)
+            if await self._fetchval("renew_token", accessor, expires_at, ttl, mac, row["mac"]):
+                return True
+        return False
 
     async def revoke_token_trees(self, accessors: Sequence[str]) -> tuple[int, int]:
         """(tokens removed, leases made due) for these tokens and all their descendants."""
@@ -82,7 +116,27 @@ class AuthStore(Store):
         return int(row["tokens"]), int(row["leases"])
 
     async def orphan_children(self, accessor: str) -> None:
-        await self._execute("orphan_children", accessor)
+        """The children lose their parent and are re-authenticated without it. A child
+        whose row fails its check keeps its parent (and dies with it): it is never
+        re-authenticated."""
+        rows = await self._fetch("children_of_token", accessor)
+        accessors: list[str] = []
+        macs: list[bytes | None] = []
+        old: list[bytes | None] = []
+        for row in rows:
+            try:
+                await self._keyring.check_row(integrity.TOKENS, row)
+            except IntegrityError:
+                continue
+            accessors.append(row["accessor"])
+            macs.append(
+                await self._keyring.mac_row(
+                    integrity.TOKENS, {**dict(row), "parent_accessor": None}
+                )
+            )
+            old.append(row["mac"])
+        if accessors:
+            await self._execute("orphan_children", accessor, accessors, macs, old)
 
     async def revoke_leases_of_missing_tokens(self) -> int:
         return rows_affected(await self._execute("revoke_leases_of_missing_tokens"))
@@ -96,11 +150,15 @@ class AuthStore(Store):
     # -- policies -------------------------------------------------------------------------
 
     async def upsert_policy(self, name: str, text: str) -> None:
-        await self._execute("upsert_policy", name, text)
+        mac = await self._keyring.mac_row(integrity.POLICIES, {"name": name, "policy": text})
+        await self._execute("upsert_policy", name, text, mac)
 
     async def get_policy(self, name: str) -> str | None:
-        value = await self._fetchval("get_policy", name)
-        return None if value is None else str(value)
+        row = await self._fetchrow("get_policy", name)
+        if row is None:
+            return None
+        await self._keyring.check_row(integrity.POLICIES, row)
+        return str(row["policy"])
 
     async def list_policies(self) -> list[str]:
         return [row["name"] for row in await self._fetch("list_policies")]
@@ -137,13 +195,17 @@ class AuthStore(Store):
             r.secret_id_ttl,
             r.secret_id_num_uses,
             list(r.secret_id_bound_cidrs),
+            await self._keyring.mac_row(integrity.APPROLE_ROLES, dataclasses.asdict(r)),
         )
 
     async def get_approle_role(
         self, mount: str, name: str | None, role_id: str | None = None
     ) -> AppRole | None:
         row = await self._fetchrow("get_approle_role", mount, name, role_id)
-        return record(AppRole, row) if row else None
+        if row is None:
+            return None
+        await self._keyring.check_row(integrity.APPROLE_ROLES, row)
+        return AppRole(**_model_values(row, drop=("mac",)))
 
     async def list_approle_roles(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_approle_roles", mount)]

@@ -12,6 +12,7 @@ Pure cryptography and in-memory state: no storage, no HTTP.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -60,11 +61,16 @@ class Keyring:
     token_hmac_key: bytes = field(repr=False)
     #: Audit devices' ``hmac-sha256:`` values (Vault's per-install salt).
     audit_hmac_key: bytes = field(repr=False)
+    #: Authenticates security-relevant rows (storage/integrity.py). None only in a keyring
+    #: written before rows were authenticated: its presence, sealed under the root key,
+    #: is what says that every row must carry a MAC.
+    row_mac_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def generate(cls) -> Keyring:
         return cls(
             (DataKey(1, os.urandom(KEY_BYTES), _now_text()),),
+            os.urandom(KEY_BYTES),
             os.urandom(KEY_BYTES),
             os.urandom(KEY_BYTES),
         )
@@ -78,22 +84,27 @@ class Keyring:
 
     def rotated(self) -> Keyring:
         new = DataKey(self.active.term + 1, os.urandom(KEY_BYTES), _now_text())
-        return Keyring((*self.keys, new), self.token_hmac_key, self.audit_hmac_key)
+        return dataclasses.replace(self, keys=(*self.keys, new))
+
+    def with_row_mac_key(self) -> Keyring:
+        """The keyring of an install that authenticates its rows from now on."""
+        return dataclasses.replace(self, row_mac_key=os.urandom(KEY_BYTES))
 
     def to_bytes(self) -> bytes:
         def b64(raw: bytes) -> str:
             return base64.b64encode(raw).decode()
 
-        return json.dumps(
-            {
-                "keys": [
-                    {"term": k.term, "key": b64(k.key), "installed_at": k.installed_at}
-                    for k in self.keys
-                ],
-                "token_hmac_key": b64(self.token_hmac_key),
-                "audit_hmac_key": b64(self.audit_hmac_key),
-            }
-        ).encode()
+        data = {
+            "keys": [
+                {"term": k.term, "key": b64(k.key), "installed_at": k.installed_at}
+                for k in self.keys
+            ],
+            "token_hmac_key": b64(self.token_hmac_key),
+            "audit_hmac_key": b64(self.audit_hmac_key),
+        }
+        if self.row_mac_key is not None:
+            data["row_mac_key"] = b64(self.row_mac_key)
+        return json.dumps(data).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Keyring:
@@ -105,6 +116,7 @@ class Keyring:
             ),
             base64.b64decode(data["token_hmac_key"]),
             base64.b64decode(data["audit_hmac_key"]),
+            base64.b64decode(data["row_mac_key"]) if "row_mac_key" in data else None,
         )
 
 
@@ -223,6 +235,12 @@ class Barrier:
     def audit_hmac(self, value: str) -> str:
         digest = hmac.new(self.keyring.audit_hmac_key, value.encode(), hashlib.sha256)
         return "hmac-sha256:" + digest.hexdigest()
+
+    def row_mac(self, message: bytes) -> bytes | None:
+        """A row's MAC (storage/integrity.py), or None while the keyring has no row key
+        (written before rows were authenticated, until the upgrade at unseal)."""
+        key = self.keyring.row_mac_key
+        return None if key is None else hmac.new(key, message, hashlib.sha256).digest()
 
 
 def ciphertext_term(stored: str) -> int | None:

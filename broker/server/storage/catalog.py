@@ -1,6 +1,9 @@
 """The secrets engine's configuration in storage: mounts, connections, roles, static roles
 (with their rotations) and password policies, with connection and static-role passwords
-sealed through the keyring on their way in and opened on their way out."""
+(and connection URLs, which may carry one inline) sealed through the keyring on their way
+in and opened on their way out, and every
+connection, role, static role and password policy row authenticated (its MAC written with
+it and checked before it is used: storage/integrity.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from broker.models import Connection, Mount, Role, StaticRole
+from broker.server.storage import integrity
 from broker.server.storage.connector import (
     CATALOG_CHANNEL,
     DRIVER_ERRORS,
@@ -19,7 +23,16 @@ from broker.server.storage.connector import (
     record,
     rows_affected,
 )
-from broker.server.storage.keyring import KeyringStore, connection_context
+from broker.server.storage.keyring import (
+    KeyringStore,
+    connection_context,
+    connection_url_context,
+)
+
+
+def _without_mac(row: Any) -> dict[str, Any]:
+    """A checked row's values for its model: arrays as tuples, the MAC dropped."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in row.items() if k != "mac"}
 
 
 def _pending_context(mount: str, name: str) -> str:
@@ -85,36 +98,53 @@ class CatalogStore(Store):
     # -- connections ----------------------------------------------------------------------
 
     async def upsert_connection(self, c: Connection) -> None:
+        sealed = dataclasses.replace(
+            c,
+            password=self._keyring.seal_text(c.password, connection_context(c.mount, c.name)),
+            connection_url=self._keyring.seal_text(
+                c.connection_url, connection_url_context(c.mount, c.name)
+            ),
+        )
         await self._execute(
             "upsert_connection",
             c.mount,
             c.name,
             c.plugin_name,
-            c.connection_url,
+            sealed.connection_url,
             c.username,
-            self._keyring.seal_text(c.password, connection_context(c.mount, c.name)),
+            sealed.password,
             list(c.allowed_roles),
             c.username_template,
             c.verify_connection,
             c.options,
+            await self._keyring.mac_row(integrity.CONNECTIONS, dataclasses.asdict(sealed)),
         )
 
     async def get_connection(self, mount: str, name: str) -> Connection | None:
         row = await self._fetchrow("get_connection", mount, name)
-        return await self._open_connection(record(Connection, row)) if row else None
+        return await self._checked_connection(row) if row else None
+
+    async def _checked_connection(self, row: Any) -> Connection:
+        """The stored connection, once its row passed its check, with its password
+        decrypted."""
+        await self._keyring.check_row(integrity.CONNECTIONS, row)
+        return await self._open_connection(Connection(**_without_mac(row)))
 
     async def _open_connection(self, stored: Connection) -> Connection:
-        """The connection with its password decrypted."""
+        """The connection with its password and URL decrypted."""
         context = connection_context(stored.mount, stored.name)
         password = await self._keyring.open_text(stored.password, context)
-        return dataclasses.replace(stored, password=password)
+        url = await self._keyring.open_text(
+            stored.connection_url, connection_url_context(stored.mount, stored.name)
+        )
+        return dataclasses.replace(stored, password=password, connection_url=url)
 
     async def list_connections(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_connections", mount)]
 
     async def list_all_connections(self) -> list[Connection]:
         rows = await self._fetch("list_all_connections")
-        return [await self._open_connection(record(Connection, row)) for row in rows]
+        return [await self._checked_connection(row) for row in rows]
 
     async def delete_connection_unless_leased(self, mount: str, name: str) -> int | None:
         """Delete the connection unless live leases still need it for their revocation.
@@ -159,29 +189,32 @@ class CatalogStore(Store):
             r.max_ttl,
             r.orphan_leases,
             r.max_leases,
+            await self._keyring.mac_row(integrity.ROLES, dataclasses.asdict(r)),
         )
 
     async def get_role(self, mount: str, name: str) -> Role | None:
         row = await self._fetchrow("get_role", mount, name)
-        return record(Role, row) if row else None
+        if row is None:
+            return None
+        await self._keyring.check_row(integrity.ROLES, row)
+        return Role(**_without_mac(row))
 
     async def get_issue_context(
         self, mount: str, role: str
     ) -> tuple[Role, Connection | None] | None:
-        """The role and the connection it names (None if that is missing), in one query."""
+        """The role and the connection it names (None if that is missing), in one query;
+        both rows pass their checks first (the cache of issue contexts keeps the result, so
+        the check costs one HMAC per row per cache fill)."""
         row = await self._fetchrow("get_issue_context", mount, role)
         if row is None:
             return None
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+        values: dict[str, Any] = dict(row.items())
+        c_values = {k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")}
+        await self._keyring.check_row(integrity.ROLES, values)
         connection = None
-        if values["c_name"] is not None:
-            connection = await self._open_connection(
-                Connection(
-                    mount=mount,
-                    **{k[2:]: values.pop(k) for k in list(values) if k.startswith("c_")},
-                )
-            )
-        return Role(**{k: v for k, v in values.items() if not k.startswith("c_")}), connection
+        if c_values["name"] is not None:
+            connection = await self._checked_connection({"mount": mount, **c_values})
+        return Role(**_without_mac(values)), connection
 
     async def list_roles(self, mount: str) -> list[str]:
         return [row["name"] for row in await self._fetch("list_roles", mount)]
@@ -217,13 +250,29 @@ class CatalogStore(Store):
 
     async def commit_connection_password(self, mount: str, name: str) -> bool:
         """The pending password becomes the connection's (re-sealed under its own
-        context); False if there was none."""
+        context, the row re-authenticated over it); False if there was none. The row is
+        checked first, and the write is a compare-and-set on the password it read, so a
+        concurrent change of the connection is never authenticated with stale columns."""
         password = await self.connection_pending_password(mount, name)
         if password is None:
             return False
         sealed = self._keyring.seal_text(password, connection_context(mount, name))
-        status = await self._execute("commit_connection_password", mount, name, sealed)
-        return rows_affected(status) > 0
+        for _ in range(5):
+            row = await self._fetchrow("get_connection", mount, name)
+            if row is None:
+                return False
+            await self._keyring.check_row(integrity.CONNECTIONS, row)
+            mac = await self._keyring.mac_row(
+                integrity.CONNECTIONS, {**dict(row), "password": sealed}
+            )
+            status = await self._execute(
+                "commit_connection_password", mount, name, sealed, row["password"], mac
+            )
+            if rows_affected(status) > 0:
+                return True
+            if await self.connection_pending_password(mount, name) is None:
+                return False
+        return False
 
     async def connections_with_pending_password(self) -> list[tuple[str, str]]:
         rows = await self._fetch("connections_with_pending_password")
@@ -241,13 +290,15 @@ class CatalogStore(Store):
             r.rotation_window,
             list(r.rotation_statements),
             r.next_rotation,
+            await self._keyring.mac_row(integrity.STATIC_ROLES, dataclasses.asdict(r)),
         )
 
     async def get_static_role(self, mount: str, name: str) -> StaticRole | None:
         row = await self._fetchrow("get_static_role", mount, name)
         if row is None:
             return None
-        role = record(StaticRole, row)
+        await self._keyring.check_row(integrity.STATIC_ROLES, row)
+        role = StaticRole(**_without_mac(row))
         context = _static_context(mount, name)
         password = await self._keyring.open_text(role.password, context) if role.password else ""
         pending = role.pending_password
@@ -284,11 +335,17 @@ class CatalogStore(Store):
     # -- password policies ----------------------------------------------------------------
 
     async def upsert_password_policy(self, name: str, text: str) -> None:
-        await self._execute("upsert_password_policy", name, text)
+        mac = await self._keyring.mac_row(
+            integrity.PASSWORD_POLICIES, {"name": name, "policy": text}
+        )
+        await self._execute("upsert_password_policy", name, text, mac)
 
     async def get_password_policy(self, name: str) -> str | None:
-        value = await self._fetchval("get_password_policy", name)
-        return None if value is None else str(value)
+        row = await self._fetchrow("get_password_policy", name)
+        if row is None:
+            return None
+        await self._keyring.check_row(integrity.PASSWORD_POLICIES, row)
+        return str(row["policy"])
 
     async def list_password_policies(self) -> list[str]:
         return [row["name"] for row in await self._fetch("list_password_policies")]

@@ -3,16 +3,22 @@ kept as history until tidied. The SQL is ``sql/leases.sql``."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+
+from broker.exceptions import RowIntegrityError
 from broker.models import ClaimedLease, Lease, NewLease
-from broker.server.storage.connector import Store, record, rows_affected
+from broker.server.storage import integrity
+from broker.server.storage.connector import Connector, Store, rows_affected
+from broker.server.storage.keyring import KeyringStore
 
 #: The columns a seeded lease row gets from its ``NewLease`` (bulk_insert_leases), in the
-#: order of the COPY; ``due_at`` and ``state`` follow.
+#: order of the COPY; ``due_at``, ``state`` and ``mac`` follow.
 _SEEDED_FIELDS = (
     "lease_id",
     "mount",
@@ -48,8 +54,12 @@ def lease_pattern(prefix: str, *, exact: bool = False) -> str:
     return _like_literal(segment_prefix(prefix)) + "%"
 
 
-def _insert_row(lease: NewLease, takeover_at: dt.datetime) -> tuple[Any, ...]:
-    """One lease as the parameters of ``insert_leases``, in its order ($1..$13)."""
+_CLAIMED_FIELDS = tuple(f.name for f in dataclasses.fields(ClaimedLease))
+_LEASE_FIELDS = tuple(f.name for f in dataclasses.fields(Lease))
+
+
+def _insert_row(lease: NewLease, takeover_at: dt.datetime, mac: bytes | None) -> tuple[Any, ...]:
+    """One lease as the parameters of ``insert_leases``, in its order ($1..$14)."""
     return (
         lease.lease_id,
         lease.mount,
@@ -64,11 +74,38 @@ def _insert_row(lease: NewLease, takeover_at: dt.datetime) -> tuple[Any, ...]:
         lease.max_expires_at,
         takeover_at,
         lease.token_accessor,
+        mac,
     )
 
 
+def _model_value(value: Any) -> Any:
+    """A column as the models hold it (``record``): arrays become tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class LeaseStore(Store):
+    """Lease rows are authenticated (storage/integrity.py ``LEASES``): the statements,
+    user, connection and engine a lease was issued with are MACed at insert and checked
+    before a revocation or renewal acts on them, so a storage writer cannot make the
+    broker run their SQL as a target's admin."""
+
     QUERY_FILE = "leases"
+
+    def __init__(self, connector: Connector, keyring: KeyringStore) -> None:
+        super().__init__(connector)
+        self._keyring = keyring
+
+    async def _mac(self, lease: NewLease) -> bytes | None:
+        return await self._keyring.mac_row(integrity.LEASES, dataclasses.asdict(lease))
+
+    async def _checked(self, row: asyncpg.Record) -> bool:
+        """Whether the row's MAC authenticates it; a failure is alerted on and counted
+        (the keyring store's listeners) and the row must not be acted on."""
+        try:
+            await self._keyring.check_row(integrity.LEASES, row)
+        except RowIntegrityError:
+            return False
+        return True
 
     # -- issuance -------------------------------------------------------------------------
 
@@ -77,7 +114,9 @@ class LeaseStore(Store):
         (the sooner of expiry and the creation timeout); one statement, all or none."""
         if not leases:
             return []
-        rows = [_insert_row(lease, takeover_at) for lease, takeover_at in leases]
+        rows = [
+            _insert_row(lease, takeover_at, await self._mac(lease)) for lease, takeover_at in leases
+        ]
         columns = [list(column) for column in zip(*rows, strict=True)]
         await self._execute("insert_leases", *columns)
         return [None] * len(leases)
@@ -98,22 +137,47 @@ class LeaseStore(Store):
         return int(await self._fetchval("count_live_leases_of_role", mount, role))
 
     async def bulk_insert_leases(self, leases: Sequence[NewLease], state: str) -> None:
-        """Seeds many rows at once; for benchmarks and tests of the sweep, not the API."""
+        """Seeds many rows at once; for benchmarks and tests of the sweep, not the API.
+        Authenticated like any lease when this store's barrier is unsealed; seeded through
+        a sealed one, the rows carry no MAC and every revocation of them fails its check."""
+        macs = [None if self.barrier.sealed else await self._mac(x) for x in leases]
         async with self._db.session() as conn:
             await conn.copy_records_to_table(
                 "broker_leases",
-                columns=[*_SEEDED_FIELDS, "due_at", "state"],
+                columns=[
+                    *_SEEDED_FIELDS,
+                    "revocation_statements",
+                    "renew_statements",
+                    "token_accessor",
+                    "due_at",
+                    "state",
+                    "mac",
+                ],
                 records=[
-                    (*(getattr(x, name) for name in _SEEDED_FIELDS), x.expires_at, state)
-                    for x in leases
+                    (
+                        *(getattr(x, name) for name in _SEEDED_FIELDS),
+                        list(x.revocation_statements),
+                        list(x.renew_statements),
+                        x.token_accessor,
+                        x.expires_at,
+                        state,
+                        mac,
+                    )
+                    for x, mac in zip(leases, macs, strict=True)
                 ],
             )
 
     # -- lookup and renewal ---------------------------------------------------------------
 
-    async def get_lease(self, lease_id: str) -> Lease | None:
+    async def get_lease(self, lease_id: str, *, checked: bool = False) -> Lease | None:
+        """The lease row; ``checked`` (before acting on it: renewal) raises
+        ``RowIntegrityError`` unless its MAC authenticates it. Lookups only show it."""
         row = await self._fetchrow("get_lease", lease_id)
-        return record(Lease, row) if row else None
+        if row is None:
+            return None
+        if checked:
+            await self._keyring.check_row(integrity.LEASES, row)
+        return Lease(**{name: _model_value(row[name]) for name in _LEASE_FIELDS})
 
     async def renew_lease(self, lease_id: str, expires_at: dt.datetime) -> bool:
         return await self._fetchval("renew_lease", lease_id, expires_at) is not None
@@ -146,7 +210,13 @@ class LeaseStore(Store):
             lease_pattern(prefix, exact=exact),
             owner,
         )
-        return [record(ClaimedLease, row) for row in rows]
+        return [
+            ClaimedLease(
+                **{name: _model_value(row[name]) for name in _CLAIMED_FIELDS if name != "tampered"},
+                tampered=not await self._checked(row),
+            )
+            for row in rows
+        ]
 
     async def make_leases_due(self, prefix: str, *, exact: bool = False) -> int:
         pattern = lease_pattern(prefix, exact=exact)

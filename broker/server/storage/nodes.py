@@ -31,3 +31,9 @@ class NodeStore(Store):
 
     async def live_nodes(self, within_seconds: float) -> list[dict[str, Any]]:
         return [dict(row) for row in await self._fetch("live_nodes", float(within_seconds))]
+
+    async def install_id(self) -> str:
+        """This install's id, made with the storage (migration 0008) and shared by all its
+        nodes: the mark on the users the engines create (see ``reconcile.py``)."""
+        value = await self._fetchval("install_id")
+        return str(value or "")

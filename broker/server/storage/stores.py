@@ -40,9 +40,9 @@ class Stores:
             connector=connector,
             keyring=keyring,
             catalog=CatalogStore(connector, keyring),
-            leases=LeaseStore(connector),
+            leases=LeaseStore(connector, keyring),
             auth=AuthStore(connector, keyring),
-            audit=AuditStore(connector),
+            audit=AuditStore(connector, keyring),
             nodes=NodeStore(connector),
         )
 

@@ -5,17 +5,19 @@
 -- insert_token --
 INSERT INTO broker_tokens
     (accessor, token_hmac, parent_accessor, policies, display_name, meta, num_uses, uses_left,
-     ttl, explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14)
+     ttl, explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at, mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 
 -- get_token_by_hmac --
 SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
-       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at
+       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
+       token_hmac, mac
 FROM broker_tokens WHERE token_hmac = $1
 
 -- get_token_by_accessor --
 SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
-       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at
+       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
+       token_hmac, mac
 FROM broker_tokens WHERE accessor = $1
 
 -- use_token --
@@ -25,8 +27,10 @@ WHERE accessor = $1 AND uses_left > 0
 RETURNING uses_left
 
 -- renew_token --
-UPDATE broker_tokens SET expires_at = $2, ttl = $3
-WHERE accessor = $1
+-- $4: the row's MAC over the new expiry, computed from the row as read with MAC $5
+-- (compare-and-set: a concurrent change wins and the caller reads again).
+UPDATE broker_tokens SET expires_at = $2, ttl = $3, mac = $4
+WHERE accessor = $1 AND mac IS NOT DISTINCT FROM $5
 RETURNING expires_at
 
 -- revoke_token_trees --
@@ -47,8 +51,20 @@ due AS (
 )
 SELECT (SELECT count(*) FROM gone) AS tokens, (SELECT count(*) FROM due) AS leases
 
+-- children_of_token --
+-- Orphaning: the children as stored, re-authenticated without their parent.
+SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
+       explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
+       token_hmac, mac
+FROM broker_tokens WHERE parent_accessor = $1
+
 -- orphan_children --
-UPDATE broker_tokens SET parent_accessor = NULL WHERE parent_accessor = $1
+-- $2 the children's accessors, $3 their MACs without a parent, $4 their MACs as read
+-- (a child changed meanwhile keeps its parent, and dies with it).
+UPDATE broker_tokens t SET parent_accessor = NULL, mac = k.mac
+FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS k(accessor, mac, old_mac)
+WHERE t.accessor = k.accessor AND t.parent_accessor = $1
+  AND t.mac IS NOT DISTINCT FROM k.old_mac
 
 -- revoke_leases_of_missing_tokens --
 -- Safety net for a lease whose token went while the lease was being issued (or across a
@@ -67,11 +83,11 @@ LIMIT $1
 SELECT accessor FROM broker_tokens ORDER BY created_at, accessor
 
 -- upsert_policy --
-INSERT INTO broker_policies (name, policy) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()
+INSERT INTO broker_policies (name, policy, mac) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, mac = EXCLUDED.mac, updated_at = now()
 
 -- get_policy --
-SELECT policy FROM broker_policies WHERE name = $1
+SELECT name, policy, mac FROM broker_policies WHERE name = $1
 
 -- list_policies --
 SELECT name FROM broker_policies ORDER BY name
@@ -93,8 +109,9 @@ DELETE FROM broker_auth_methods WHERE path = $1 RETURNING path
 -- upsert_approle_role --
 INSERT INTO broker_approle_roles
     (mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
-     token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses, secret_id_bound_cidrs)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses, secret_id_bound_cidrs,
+     mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (mount, name) DO UPDATE SET
     role_id = EXCLUDED.role_id,
     bind_secret_id = EXCLUDED.bind_secret_id,
@@ -105,13 +122,14 @@ ON CONFLICT (mount, name) DO UPDATE SET
     token_bound_cidrs = EXCLUDED.token_bound_cidrs,
     secret_id_ttl = EXCLUDED.secret_id_ttl,
     secret_id_num_uses = EXCLUDED.secret_id_num_uses,
-    secret_id_bound_cidrs = EXCLUDED.secret_id_bound_cidrs
+    secret_id_bound_cidrs = EXCLUDED.secret_id_bound_cidrs,
+    mac = EXCLUDED.mac
 
 -- get_approle_role --
 -- By name ($2) or, for a login, by role ID ($3); the other is NULL.
 SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
        token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
-       secret_id_bound_cidrs
+       secret_id_bound_cidrs, mac
 FROM broker_approle_roles WHERE mount = $1 AND (name = $2 OR role_id = $3)
 
 -- list_approle_roles --

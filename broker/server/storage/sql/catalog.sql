@@ -24,8 +24,8 @@ DELETE FROM broker_mounts WHERE path = $1 RETURNING path
 -- upsert_connection --
 INSERT INTO broker_connections
     (mount, name, plugin_name, connection_url, username, password, allowed_roles,
-     username_template, verify_connection, options)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+     username_template, verify_connection, options, mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (mount, name) DO UPDATE SET
     plugin_name = EXCLUDED.plugin_name,
     connection_url = EXCLUDED.connection_url,
@@ -35,12 +35,13 @@ ON CONFLICT (mount, name) DO UPDATE SET
     username_template = EXCLUDED.username_template,
     verify_connection = EXCLUDED.verify_connection,
     options = EXCLUDED.options,
+    mac = EXCLUDED.mac,
     version = broker_connections.version + 1,
     updated_at = now()
 
 -- get_connection --
 SELECT mount, name, plugin_name, connection_url, username, password, allowed_roles,
-       username_template, verify_connection, options, version
+       username_template, verify_connection, options, version, mac
 FROM broker_connections WHERE mount = $1 AND name = $2
 
 -- list_connections --
@@ -89,14 +90,14 @@ WHERE EXISTS (
 
 -- list_all_connections --
 SELECT mount, name, plugin_name, connection_url, username, password, allowed_roles,
-       username_template, verify_connection, options, version
+       username_template, verify_connection, options, version, mac
 FROM broker_connections ORDER BY mount, name
 
 -- upsert_role --
 INSERT INTO broker_roles
     (mount, name, db_name, creation_statements, revocation_statements, rollback_statements,
-     renew_statements, default_ttl, max_ttl, orphan_leases, max_leases)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     renew_statements, default_ttl, max_ttl, orphan_leases, max_leases, mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (mount, name) DO UPDATE SET
     db_name = EXCLUDED.db_name,
     creation_statements = EXCLUDED.creation_statements,
@@ -107,11 +108,12 @@ ON CONFLICT (mount, name) DO UPDATE SET
     max_ttl = EXCLUDED.max_ttl,
     orphan_leases = EXCLUDED.orphan_leases,
     max_leases = EXCLUDED.max_leases,
+    mac = EXCLUDED.mac,
     updated_at = now()
 
 -- get_role --
 SELECT mount, name, db_name, creation_statements, revocation_statements, rollback_statements,
-       renew_statements, default_ttl, max_ttl, orphan_leases, max_leases
+       renew_statements, default_ttl, max_ttl, orphan_leases, max_leases, mac
 FROM broker_roles WHERE mount = $1 AND name = $2
 
 -- list_roles --
@@ -121,12 +123,12 @@ SELECT name FROM broker_roles WHERE mount = $1 ORDER BY name
 -- The role and its connection in one round trip (the issuance hot path).
 SELECT r.mount, r.name, r.db_name, r.creation_statements, r.revocation_statements,
        r.rollback_statements, r.renew_statements, r.default_ttl, r.max_ttl,
-       r.orphan_leases, r.max_leases,
+       r.orphan_leases, r.max_leases, r.mac,
        c.name AS c_name, c.plugin_name AS c_plugin_name, c.connection_url AS c_connection_url,
        c.username AS c_username, c.password AS c_password, c.allowed_roles AS c_allowed_roles,
        c.username_template AS c_username_template,
        c.verify_connection AS c_verify_connection, c.options AS c_options,
-       c.version AS c_version
+       c.version AS c_version, c.mac AS c_mac
 FROM broker_roles r
 LEFT JOIN broker_connections c ON c.mount = r.mount AND c.name = r.db_name
 WHERE r.mount = $1 AND r.name = $2
@@ -140,10 +142,12 @@ UPDATE broker_connections SET pending_password = $3 WHERE mount = $1 AND name = 
 -- commit_connection_password --
 -- rotate-root confirmed: the pending password becomes the password; the version bump makes
 -- every node rebuild its pool with it.
--- $3: the new password, sealed under the connection's own context.
+-- $3: the new password, sealed under the connection's own context; $5 the row's MAC over
+-- it, computed from the row as read with password $4 (compare-and-set: a concurrent write
+-- wins, and the caller reads again).
 UPDATE broker_connections
-SET password = $3, pending_password = NULL, version = version + 1, updated_at = now()
-WHERE mount = $1 AND name = $2 AND pending_password IS NOT NULL
+SET password = $3, mac = $5, pending_password = NULL, version = version + 1, updated_at = now()
+WHERE mount = $1 AND name = $2 AND pending_password IS NOT NULL AND password = $4
 
 -- connections_with_pending_password --
 SELECT mount, name FROM broker_connections WHERE pending_password IS NOT NULL
@@ -154,8 +158,8 @@ SELECT pending_password FROM broker_connections WHERE mount = $1 AND name = $2
 -- upsert_static_role --
 INSERT INTO broker_static_roles
     (mount, name, db_name, username, rotation_period, rotation_schedule, rotation_window,
-     rotation_statements, next_rotation)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     rotation_statements, next_rotation, mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (mount, name) DO UPDATE SET
     db_name = EXCLUDED.db_name,
     username = EXCLUDED.username,
@@ -163,12 +167,13 @@ ON CONFLICT (mount, name) DO UPDATE SET
     rotation_schedule = EXCLUDED.rotation_schedule,
     rotation_window = EXCLUDED.rotation_window,
     rotation_statements = EXCLUDED.rotation_statements,
-    next_rotation = EXCLUDED.next_rotation
+    next_rotation = EXCLUDED.next_rotation,
+    mac = EXCLUDED.mac
 
 -- get_static_role --
 SELECT mount, name, db_name, username, rotation_period, rotation_schedule, rotation_window,
        rotation_statements, password, pending_password, last_rotation, next_rotation,
-       attempts, last_error
+       attempts, last_error, mac
 FROM broker_static_roles WHERE mount = $1 AND name = $2
 
 -- list_static_roles --
@@ -211,11 +216,11 @@ SET attempts = attempts + 1, last_error = $3, next_rotation = now() + make_inter
 WHERE mount = $1 AND name = $2
 
 -- upsert_password_policy --
-INSERT INTO broker_password_policies (name, policy) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()
+INSERT INTO broker_password_policies (name, policy, mac) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET policy = EXCLUDED.policy, mac = EXCLUDED.mac, updated_at = now()
 
 -- get_password_policy --
-SELECT policy FROM broker_password_policies WHERE name = $1
+SELECT name, policy, mac FROM broker_password_policies WHERE name = $1
 
 -- list_password_policies --
 SELECT name FROM broker_password_policies ORDER BY name

@@ -3,22 +3,22 @@
 
 -- insert_leases --
 -- $12: when the sweep takes over if creation never finishes (a crashed creator): the
--- sooner of the expiry and the creation timeout.
+-- sooner of the expiry and the creation timeout. $14: each row's MAC (storage/integrity.py).
 -- Many leases in one statement (group commit); the arrays are parallel columns, and each
 -- lease's statement lists travel as a JSON array (lists of different lengths).
 INSERT INTO broker_leases
     (lease_id, mount, role_name, connection_name, plugin_name, username,
      revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at,
-     token_accessor)
+     token_accessor, mac)
 SELECT l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
        ARRAY(SELECT jsonb_array_elements_text(l.revocation::jsonb)),
        ARRAY(SELECT jsonb_array_elements_text(l.renew::jsonb)),
-       l.issued_at, l.expires_at, l.max_expires_at, l.due_at, l.token_accessor
+       l.issued_at, l.expires_at, l.max_expires_at, l.due_at, l.token_accessor, l.mac
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
-            $12::timestamptz[], $13::text[])
+            $12::timestamptz[], $13::text[], $14::bytea[])
     AS l(lease_id, mount, role_name, connection_name, plugin_name, username, revocation, renew,
-         issued_at, expires_at, max_expires_at, due_at, token_accessor)
+         issued_at, expires_at, max_expires_at, due_at, token_accessor, mac)
 
 -- activate_leases --
 -- Only a lease still 'creating' becomes active: if a revocation claimed it meanwhile, the
@@ -39,7 +39,7 @@ WHERE lease_id = $1
 -- get_lease --
 SELECT lease_id, mount, role_name, connection_name, plugin_name, username,
        revocation_statements, renew_statements, issued_at, last_renewed_at, expires_at,
-       max_expires_at, state, due_at, attempts, last_error, revoked_at, token_accessor
+       max_expires_at, state, due_at, attempts, last_error, revoked_at, token_accessor, mac
 FROM broker_leases WHERE lease_id = $1
 
 -- renew_lease --
@@ -55,6 +55,7 @@ RETURNING lease_id
 -- node: 'revoking', claimed before, no holder) may have been made while the lease was
 -- still 'creating', and its holder never scheduled the re-check: it counts as 'creating'
 -- again, which only matters while a creator could still be at work (_needs_recheck).
+-- Everything the row's MAC covers comes back with it: it is checked before any engine runs.
 WITH due AS (
     SELECT lease_id, state, claimed_by, attempts FROM broker_leases
     WHERE state IN ('creating', 'active', 'revoking') AND due_at <= now() AND lease_id LIKE $3
@@ -69,6 +70,7 @@ FROM due
 WHERE l.lease_id = due.lease_id
 RETURNING l.lease_id, l.mount, l.role_name, l.connection_name, l.plugin_name, l.username,
           l.revocation_statements, l.issued_at, l.expires_at, l.attempts,
+          l.renew_statements, l.max_expires_at, l.token_accessor, l.mac,
           CASE WHEN due.state = 'revoking' AND due.claimed_by IS NULL AND due.attempts > 0
                THEN 'creating' ELSE due.state END AS prior_state
 

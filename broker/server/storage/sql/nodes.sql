@@ -33,3 +33,7 @@ WHERE state = 'revoking' AND claimed_by = ANY(ARRAY(
     WHERE instance_id <> $2
       AND (node_id = $1 OR last_heartbeat < now() - make_interval(secs => $3))
 ))
+
+-- install_id --
+-- This install's id (migration 0008): marked on every user the engines create.
+SELECT install_id FROM broker_install
