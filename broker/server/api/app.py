@@ -110,6 +110,25 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         caller = await services.tokens.authenticate(presented_token(request), remote)
         if caller is None:
             raise PermissionDenied()
+    # A use-limited token's last use revokes it (and its tree) however the request ends.
+    try:
+        return await _route_and_call(request, services, operation, remote, path, caller)
+    finally:
+        if caller is not None and caller.spent:
+            await services.tokens.after_request(caller)
+
+
+async def _route_and_call(
+    request: web.Request,
+    services: Services,
+    operation: Operation | None,
+    remote: str,
+    path: str,
+    caller: Caller | None,
+) -> web.StreamResponse:
+    """The rest of ``dispatch``, once the token (if the path's shape needs one) is known:
+    route, check the request, authorise, audit, call."""
+    token_checked = caller is not None
     found = await _resolve(services, request.app[ROUTE_TABLES], path)
     if found is None:
         await _refuse_unrouted(services, caller, path, operation)
@@ -131,6 +150,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if target.authenticated:
         if not token_checked:  # an open-shaped path that routed to a guarded one
             caller = await services.tokens.authenticate(presented_token(request), remote)
+            if caller is not None and caller.spent:
+                # Its last use: dispatch's own revoke-when-spent never saw this caller.
+                await services.tokens.after_request(caller)
+                raise PermissionDenied()
         if caller is not None:
             services.token_limits.take(caller.accessor or "root", "token")
             acl = await services.policies.acl(caller.policies)
@@ -145,27 +168,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     ):
         handler = _wrapped(handler, wrap_ttl, path)
     auditing = services.auditor.enabled and not services.seal.sealed
-    try:
-        if not auditing:
-            if denied:
-                raise PermissionDenied()
-            return await handler(ctx)
-        return await _audited(ctx, handler, operation or "", denied)
-    finally:
-        if caller is not None and caller.spent:
-            await services.tokens.after_request(caller)
+    if not auditing:
+        if denied:
+            raise PermissionDenied()
+        return await handler(ctx)
+    return await _audited(ctx, handler, operation or "", denied)
 
 
 async def _refuse_unrouted(
     services: Services, caller: Caller | None, path: str, operation: Operation | None
 ) -> None:
     """Before a 404 or 405: a token its policies do not allow on ``path`` gets Vault's 403
-    instead, so only a caller who may use a path learns whether anything is there. A
-    use-limited token's last use is spent all the same."""
+    instead, so only a caller who may use a path learns whether anything is there (a
+    use-limited token's last use is spent all the same: dispatch revokes it after)."""
     if caller is None:
         return
-    if caller.spent:
-        await services.tokens.after_request(caller)
     acl = await services.policies.acl(caller.policies)
     if not acl.allows(path, operation.value if operation else ""):
         raise PermissionDenied()
