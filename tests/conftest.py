@@ -32,8 +32,11 @@ SEAL_ENV = {
     "BROKER_AUTO_INIT": "true",
 }
 os.environ.update(SEAL_ENV)
-MYSQL_APP_DB = "broker_test_app"
-MYSQL_OTHER_DB = "broker_test_other"
+# Per session: two runs of the suite on one machine (a developer's beside CI's) must not
+# drop each other's databases at teardown.
+_SESSION = secrets.token_hex(3)
+MYSQL_APP_DB = f"broker_test_app_{_SESSION}"
+MYSQL_OTHER_DB = f"broker_test_other_{_SESSION}"
 PG_READERS = "app_readers"
 PG_WRITERS = "app_writers"
 #: The suite's PostgreSQL admin: not a superuser, with exactly the grants the README's

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import PG_READONLY, PgCluster, RunningBroker
+from tests.conftest import MYSQL_APP_DB, PG_READONLY, PgCluster, RunningBroker
 from tests.support import ROOT, eventually, mysql_user_exists, pg_role_exists
 
 
@@ -126,7 +126,7 @@ async def test_connect_opens_the_database_client(broker: RunningBroker) -> None:
         "--",
         "-N",
         "-e",
-        "select current_user(), count(*) from broker_test_app.items",
+        f"select current_user(), count(*) from {MYSQL_APP_DB}.items",
     )
     assert my.returncode == 0, my.stderr
     user = my.stdout.split()[0].split("@")[0]

@@ -19,7 +19,14 @@ import pytest
 from broker.server.assembly import start_server
 from broker.server.settings import Settings
 from broker.server.storage.embedded import EmbeddedPostgres, free_port
-from tests.conftest import MYSQL_READONLY, TOKEN, PgCluster, RunningBroker, create_database
+from tests.conftest import (
+    MYSQL_APP_DB,
+    MYSQL_READONLY,
+    TOKEN,
+    PgCluster,
+    RunningBroker,
+    create_database,
+)
 from tests.support import (
     MARIADB,
     VaultHTTP,
@@ -187,7 +194,7 @@ async def test_mysql_expiry_event_drops_login_with_broker_dead(
             "database/config/my",
             {
                 "plugin_name": "mariadb-database-plugin",
-                "connection_url": "{{username}}:{{password}}@tcp(127.0.0.1:3306)/broker_test_app",
+                "connection_url": "{{username}}:{{password}}@tcp(127.0.0.1:3306)/" + MYSQL_APP_DB,
                 "username": "root",
                 "password": "",
                 "allowed_roles": "*",
@@ -236,7 +243,7 @@ async def test_mysql_expiry_event_drops_login_with_broker_dead(
     # that broker is gone.
     assert await mysql_user_exists(renewed.data["username"])
     await mysql_admin(
-        f"DROP EVENT IF EXISTS broker_test_app.brk_exp_{renewed.data['username']}",
+        f"DROP EVENT IF EXISTS {MYSQL_APP_DB}.brk_exp_{renewed.data['username']}",
         f"DROP USER '{renewed.data['username']}'@'%'",
     )
 

@@ -33,7 +33,13 @@ from tests.conftest import (
     RunningBroker,
     own_broker_settings,
 )
-from tests.support import ISSUED_PASSWORDS, VaultHTTP, pg_role_exists, unseal_for_test
+from tests.support import (
+    ISSUED_PASSWORDS,
+    VaultHTTP,
+    eventually,
+    pg_role_exists,
+    unseal_for_test,
+)
 
 FAILED = "storage integrity check failed"
 
@@ -724,3 +730,105 @@ async def test_leases_written_before_the_upgrade_are_authenticated_once(
         assert due.tampered
     finally:
         await pool.close()
+
+
+async def test_a_wrapping_token_hash_moved_onto_another_row_opens_nothing(
+    broker: RunningBroker, storage: asyncpg.Connection
+) -> None:
+    """Wrapped responses are found by the wrapping token's HMAC: a storage writer who
+    holds one wrapping token and copies its HMAC onto another caller's row must not be
+    able to unwrap that caller's credentials with it."""
+    http = broker.http
+    victim = await http.call("GET", "database/creds/brkt-pg-ro", headers={"X-Vault-Wrap-TTL": "2m"})
+    assert victim.status == 200, victim.body
+    mine = await http.call(
+        "PUT", "sys/wrapping/wrap", {"anything": "mine"}, headers={"X-Vault-Wrap-TTL": "2m"}
+    )
+    assert mine.status == 200, mine.body
+    my_token = mine.body["wrap_info"]["token"]
+    rows = await storage.fetch(
+        "SELECT token_hmac, accessor FROM broker_wrapped_responses WHERE accessor = ANY($1)",
+        [victim.body["wrap_info"]["accessor"], mine.body["wrap_info"]["accessor"]],
+    )
+    by_accessor = {r["accessor"]: r["token_hmac"] for r in rows}
+    mine_hmac = by_accessor[mine.body["wrap_info"]["accessor"]]
+    await storage.execute("DELETE FROM broker_wrapped_responses WHERE token_hmac = $1", mine_hmac)
+    await storage.execute(
+        "UPDATE broker_wrapped_responses SET token_hmac = $1 WHERE accessor = $2",
+        mine_hmac,
+        victim.body["wrap_info"]["accessor"],
+    )
+    stolen = await http.call("PUT", "sys/wrapping/unwrap", {"token": my_token}, token="")
+    assert stolen.status in (400, 500), stolen.body
+    assert "password" not in str(stolen.body)
+
+
+async def test_a_secret_id_moved_to_another_role_logs_nothing_in(
+    broker: RunningBroker, storage: asyncpg.Connection
+) -> None:
+    """Secret IDs are hashed bound to their mount and role: a storage writer who moves a
+    genuine one onto a more privileged role cannot log in to that role with it."""
+    http = broker.http
+    mount = "brkt-int-sid-" + secrets.token_hex(3)
+    assert (await http.write(f"sys/auth/{mount}", {"type": "approle"})).status == 204
+    try:
+        for role in ("low", "high"):
+            reply = await http.write(f"auth/{mount}/role/{role}", {"token_policies": "default"})
+            assert reply.status == 204, reply.body
+        secret = (await http.write(f"auth/{mount}/role/low/secret-id")).data["secret_id"]
+        high_id = (await http.read(f"auth/{mount}/role/high/role-id")).data["role_id"]
+        moved = await storage.execute(
+            "UPDATE broker_approle_secret_ids SET role_name = 'high' "
+            "WHERE mount = $1 AND role_name = 'low'",
+            mount,
+        )
+        assert moved == "UPDATE 1"
+        login = {"role_id": high_id, "secret_id": secret}
+        reply = await http.call("PUT", f"auth/{mount}/login", login, token="")
+        assert reply.status == 400, reply.body
+        assert not reply.body.get("auth")
+    finally:
+        assert (await http.delete(f"sys/auth/{mount}")).status == 204
+
+
+async def test_a_tampered_connection_fails_only_its_own_revocations(
+    broker: RunningBroker, storage: asyncpg.Connection, pg_target: PgCluster
+) -> None:
+    """A sweep batch holding leases of a tampered connection and of a sound one revokes
+    the sound one's and fails only the tampered one's (before, the integrity error ended
+    the whole batch and every sweep after it)."""
+    http = broker.http
+    sound = await http.creds("brkt-pg-ro")
+    stuck = await http.creds("brkt-my-ro")
+    original = await storage.fetchrow(
+        "SELECT allowed_roles, mac FROM broker_connections WHERE mount = 'database' AND name = 'my'"
+    )
+    assert original is not None
+    try:
+        await storage.execute(
+            "UPDATE broker_connections SET allowed_roles = '{*}' "
+            "WHERE mount = 'database' AND name = 'my'"
+        )
+        await _notify(storage)
+        for lease in (stuck, sound):
+            reply = await http.write(
+                "sys/leases/revoke", {"lease_id": lease.body["lease_id"], "sync": False}
+            )
+            assert reply.status in (202, 204), reply.body
+
+        async def sound_one_gone() -> bool:
+            return not await pg_role_exists(pg_target.dsn(), sound.data["username"])
+
+        await eventually(sound_one_gone)
+        history = await http.read(f"sys/leases/history/{stuck.body['lease_id']}")
+        assert "integrity" in (history.data.get("last_error") or ""), history.body
+    finally:
+        await storage.execute(
+            "UPDATE broker_connections SET allowed_roles = $1, mac = $2 "
+            "WHERE mount = 'database' AND name = 'my'",
+            original["allowed_roles"],
+            original["mac"],
+        )
+        await _notify(storage)
+    revoked = await http.write("sys/leases/revoke", {"lease_id": stuck.body["lease_id"]})
+    assert revoked.status == 204, revoked.body

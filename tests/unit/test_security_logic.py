@@ -3,6 +3,7 @@ shares, the audit hash chain and the rate limiter's buckets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -234,3 +235,21 @@ def test_display_names_cannot_reach_sql_unsanitised() -> None:
     assert template.render("token-ci", "ro") == "token-ci_ro"
     with pytest.raises(InvalidRequest):
         template.render('x"; DROP ROLE postgres; --', "ro")
+
+
+def test_a_running_node_refuses_a_keyring_put_back_from_before() -> None:
+    """Every older keyring opens under the same root key: a node must not load one that
+    lacks a term or the row key it holds (it would then pass rows without a MAC)."""
+    root = os.urandom(32)
+    old = Keyring.generate()
+    old = dataclasses.replace(old, row_mac_key=None)  # before rows were authenticated
+    current = old.with_row_mac_key().rotated()
+    barrier = Barrier()
+    barrier.install(root, current)
+    with pytest.raises(IntegrityError):
+        barrier.reload(barrier.sealed_keyring(old))
+    assert barrier.keyring.row_mac_key == current.row_mac_key
+    with pytest.raises(IntegrityError):  # a term dropped
+        barrier.reload(barrier.sealed_keyring(dataclasses.replace(current, keys=current.keys[:1])))
+    barrier.reload(barrier.sealed_keyring(current.rotated()))  # forward is fine
+    assert barrier.keyring.active.term == current.active.term + 1

@@ -57,6 +57,9 @@ access_log = logging.getLogger("broker.access")
 _SEALED_PATHS = ("sys/init", "sys/seal-status", "sys/unseal")
 #: The matched route's template, for the HTTP metrics.
 ROUTE_KEY = web.RequestKey("broker.route", str)
+#: A caller authenticated only once its route was known (an open-shaped path that routed to
+#: a guarded one), handed back to dispatch so its last use still revokes it.
+ROUTED_CALLER = web.RequestKey("broker.routed_caller", Caller)
 #: Set once ``_audited`` has written the request's entries (see ``audit_refusals``).
 AUDITED_KEY = web.RequestKey("broker.audited", bool)
 
@@ -96,7 +99,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     caller the policies refuse and nothing is served that no audit device recorded."""
     services = request.app[SERVICES]
     operation = operation_of(request)
-    remote = client_address(request)  # the proxy's client, if it is a trusted proxy
+    try:
+        remote = client_address(request)  # the proxy's client, if it is a trusted proxy
+    except BrokerError:
+        # A forwarding header from a peer that may not send one: rate-limited by that
+        # peer all the same, so a flood of forged headers cannot become audit writes.
+        services.address_limits.take(request.remote or "", "address")
+        raise
     services.address_limits.take(remote, "address")
     # The one form of the path that the ACL judges and the handler acts on (paths.py).
     path = canonical_path(request.match_info["tail"], operation is Operation.LIST)
@@ -114,8 +123,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     try:
         return await _route_and_call(request, services, operation, remote, path, caller)
     finally:
-        if caller is not None and caller.spent:
-            await services.tokens.after_request(caller)
+        last = caller or request.get(ROUTED_CALLER)
+        if last is not None and last.spent:
+            await services.tokens.after_request(last)
 
 
 async def _route_and_call(
@@ -150,10 +160,8 @@ async def _route_and_call(
     if target.authenticated:
         if not token_checked:  # an open-shaped path that routed to a guarded one
             caller = await services.tokens.authenticate(presented_token(request), remote)
-            if caller is not None and caller.spent:
-                # Its last use: dispatch's own revoke-when-spent never saw this caller.
-                await services.tokens.after_request(caller)
-                raise PermissionDenied()
+            if caller is not None:
+                request[ROUTED_CALLER] = caller  # dispatch revokes it if its last use
         if caller is not None:
             services.token_limits.take(caller.accessor or "root", "token")
             acl = await services.policies.acl(caller.policies)

@@ -175,7 +175,7 @@ class AppRoleManager:
         if role.secret_id_ttl:
             expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=role.secret_id_ttl)
         await self._store.insert_secret_id(
-            self._store.barrier.token_hmac(secret_id),
+            self._secret_id_digest(mount, name, secret_id),
             accessor,
             role,
             cidr_list or role.secret_id_bound_cidrs,
@@ -184,10 +184,17 @@ class AppRoleManager:
         )
         return NewSecretId(secret_id, accessor, role.secret_id_ttl, role.secret_id_num_uses)
 
+    def _secret_id_digest(self, mount: str, role: str, secret_id: str) -> bytes:
+        """The keyed hash a secret ID is stored and found under, bound to its mount and
+        role and labelled apart from token hashes: a storage writer can neither move a
+        secret ID to another role nor plant a row whose hash is that of a token they hold
+        (tokens and wrapping tokens are hashed under the same key, without the label)."""
+        return self._store.barrier.token_hmac(f"approle-secret-id\0{mount}\0{role}\0{secret_id}")
+
     async def lookup_secret_id(
         self, mount: str, name: str, secret_id: str | None, accessor: str | None
     ) -> dict[str, Any]:
-        digest = self._store.barrier.token_hmac(secret_id) if secret_id else None
+        digest = self._secret_id_digest(mount, name, secret_id) if secret_id else None
         found = await self._store.get_secret_id(mount, name, digest, accessor)
         if found is None:
             raise NotFound()
@@ -199,7 +206,7 @@ class AppRoleManager:
     async def destroy_secret_id(
         self, mount: str, name: str, secret_id: str | None, accessor: str | None
     ) -> None:
-        digest = self._store.barrier.token_hmac(secret_id) if secret_id else None
+        digest = self._secret_id_digest(mount, name, secret_id) if secret_id else None
         await self._store.delete_secret_id(mount, name, digest, accessor)
 
     async def login(
@@ -222,7 +229,7 @@ class AppRoleManager:
         if role.bind_secret_id:
             if not secret_id:
                 raise InvalidRequest("missing secret_id")
-            digest = self._store.barrier.token_hmac(secret_id)
+            digest = self._secret_id_digest(mount, role.name, secret_id)
             found = await self._store.get_secret_id(mount, role.name, digest, None)
             if found is None or not in_cidrs(remote, found["cidr_list"]):
                 raise InvalidRequest("invalid role or secret ID")

@@ -238,7 +238,16 @@ class Revocations:
 
         tasks = []
         for (mount, name), leases in groups.items():
-            connection = await self._catalog.get_connection(mount, name)
+            try:
+                connection = await self._catalog.get_connection(mount, name)
+            except RowIntegrityError as exc:
+                # A tampered connection row fails its own leases (retried, counted), not
+                # the whole batch: every other target's revocations go ahead.
+                for lease in leases:
+                    errors[lease.lease_id] = await self._record_outcome(
+                        lease, exc.message, finished
+                    )
+                continue
             if connection is None:
                 for lease in leases:
                     missing = f"connection {name!r} no longer exists"

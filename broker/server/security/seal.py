@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from broker.exceptions import BrokerError, InvalidRequest, NotInitialized
+from broker.exceptions import BrokerError, IntegrityError, InvalidRequest, NotInitialized
 from broker.server.settings import Settings
 from broker.server.storage.barrier import (
     KEY_BYTES,
@@ -124,11 +124,14 @@ class SealManager:
         self._nonce = ""
         self._dev_key = _dev_key(settings) if settings.seal_type == "dev" else None
         self._on_unseal: list[Callable[[], Awaitable[None]]] = []
+        #: The barrier is open but the unseal work (``_unsealed``) is still running.
+        self._opening = False
         self._on_seal: list[Callable[[], None]] = []
 
     @property
     def sealed(self) -> bool:
-        return bool(self._store.barrier.sealed)
+        """Sealed for serving until the unseal work is done (``_unsealed``)."""
+        return bool(self._store.barrier.sealed) or self._opening
 
     @property
     def auto_unseal(self) -> bool:
@@ -268,9 +271,21 @@ class SealManager:
         return True
 
     async def _unsealed(self) -> None:
+        """Run the unseal work (load audit devices, check and upgrade rows...) while the node
+        still answers as sealed: nothing is served before its audit devices are loaded. A
+        storage integrity failure during that work seals the node again: it never serves
+        half-unsealed, without the row key or the audit log it was meant to keep."""
+        self._opening = True
+        try:
+            for callback in self._on_unseal:
+                await callback()
+        except IntegrityError:
+            self._opening = False
+            self.seal()
+            raise
+        finally:
+            self._opening = False
         log.info("unsealed")
-        for callback in self._on_unseal:
-            await callback()
 
     def seal(self) -> None:
         self._shares.clear()

@@ -17,8 +17,11 @@ from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, rows
 from broker.server.storage.keyring import KeyringStore
 
 
-def _wrapping_context(accessor: str) -> str:
-    return f"broker_wrapped_responses/{accessor}"
+def _wrapping_context(accessor: str, token_hmac: bytes) -> str:
+    """Bound to the row's accessor and to the wrapping token's HMAC, the column it is
+    found by: a storage writer who copies the HMAC of a token they hold onto another
+    row cannot open that row's response with it."""
+    return f"broker_wrapped_responses/{accessor}/{token_hmac.hex()}"
 
 
 def _model_values(row: Any, drop: tuple[str, ...]) -> dict[str, Any]:
@@ -268,7 +271,7 @@ class AuthStore(Store):
     async def insert_wrapped_response(
         self, token_hmac: bytes, accessor: str, response: str, path: str, ttl: int
     ) -> dt.datetime:
-        sealed = self._keyring.seal_text(response, _wrapping_context(accessor))
+        sealed = self._keyring.seal_text(response, _wrapping_context(accessor, token_hmac))
         created: dt.datetime = await self._fetchval(
             "insert_wrapped_response", token_hmac, accessor, sealed, path, ttl
         )
@@ -280,7 +283,7 @@ class AuthStore(Store):
             return None
         found = dict(row)
         found["response"] = await self._keyring.open_text(
-            found["response"], _wrapping_context(found["accessor"])
+            found["response"], _wrapping_context(found["accessor"], token_hmac)
         )
         return found
 

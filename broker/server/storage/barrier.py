@@ -185,8 +185,25 @@ class Barrier:
         self._keyring = Keyring.from_bytes(raw)
 
     def reload(self, sealed_keyring: bytes) -> None:
-        """Another node rotated: read the keyring again with the root key we hold."""
-        self._keyring = Keyring.from_bytes(open_bytes(self.root_key, sealed_keyring, KEYRING_AAD))
+        """Another node rotated: read the keyring again with the root key we hold.
+
+        Only forward: a keyring is refused if it lacks a term or a key this node already
+        holds. Every older keyring opens under the same root key, so a storage writer who
+        put one back (from a backup taken before rows were authenticated, say) would
+        otherwise make a running node drop its row key and pass every row without a MAC.
+        """
+        loaded = Keyring.from_bytes(open_bytes(self.root_key, sealed_keyring, KEYRING_AAD))
+        current = self._keyring
+        if current is not None:
+            held = {key.term for key in current.keys}
+            if not held <= {key.term for key in loaded.keys} or (
+                current.row_mac_key is not None and loaded.row_mac_key != current.row_mac_key
+            ):
+                raise IntegrityError(
+                    "the stored keyring is older than the one this node holds (a key term "
+                    "or the row key is missing): refused, keeping the current one"
+                )
+        self._keyring = loaded
 
     def install(self, root_key: bytes, keyring: Keyring) -> None:
         self._root_key = root_key

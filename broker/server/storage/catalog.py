@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from broker.exceptions import RowIntegrityError
 from broker.models import Connection, Mount, Role, StaticRole
 from broker.server.storage import integrity
 from broker.server.storage.connector import (
@@ -143,8 +144,15 @@ class CatalogStore(Store):
         return [row["name"] for row in await self._fetch("list_connections", mount)]
 
     async def list_all_connections(self) -> list[Connection]:
-        rows = await self._fetch("list_all_connections")
-        return [await self._checked_connection(row) for row in rows]
+        """Every connection whose row checks out; a tampered one is left out (its check
+        has already alerted and counted it), so one bad row does not stop a scan of all."""
+        connections = []
+        for row in await self._fetch("list_all_connections"):
+            try:
+                connections.append(await self._checked_connection(row))
+            except RowIntegrityError:
+                continue
+        return connections
 
     async def delete_connection_unless_leased(self, mount: str, name: str) -> int | None:
         """Delete the connection unless live leases still need it for their revocation.

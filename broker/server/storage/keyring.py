@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from broker.exceptions import KeyringChanged, RowIntegrityError
+from broker.exceptions import IntegrityError, KeyringChanged, RowIntegrityError
 from broker.models import SealRecord
 from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, record, rows_affected
 from broker.server.storage.integrity import ALL_SPECS, CONNECTIONS, RowSpec, row_key, row_message
@@ -94,7 +94,11 @@ class KeyringStore(Store):
     async def reload_keyring(self) -> None:
         stored = await self.get_seal()
         if stored is not None:
-            self.barrier.reload(stored.keyring)
+            try:
+                self.barrier.reload(stored.keyring)
+            except IntegrityError:
+                log.error("ALERT: %s", "the stored keyring was rolled back; kept this node's")
+                raise
 
     def seal_text(self, text: str, context: str) -> str:
         """``text`` as ciphertext under the active key term, bound to ``context``."""
