@@ -131,6 +131,13 @@ class BenchWorld:
         try:
             async with conn.cursor() as cur:
                 await cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DB}")
+                # The install-marker roles the bench's brokers made on MariaDB
+                # (broker_<install id>_<admin>): each run is a new install.
+                await cur.execute(
+                    "SELECT User FROM mysql.user WHERE is_role = 'Y' AND User LIKE 'broker\\_%'"
+                )
+                for (role,) in await cur.fetchall():
+                    await cur.execute(f"DROP ROLE IF EXISTS `{role}`")
         finally:
             conn.close()
         await asyncio.to_thread(self.pg.stop)
