@@ -69,9 +69,12 @@ async def _su(dsn: str, *statements: str) -> None:
 
 
 async def _alive(conn: asyncpg.Connection) -> bool:
+    """Whether the session still answers. A session the server ended can fail a check
+    half-way (a reset socket) and leave asyncpg's protocol mid-operation, so the next
+    check raises InternalClientError: that connection is gone too."""
     try:
         return bool(await conn.fetchval("SELECT 1"))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
         return False
 
 

@@ -115,7 +115,6 @@ class LeaseManager:
         # Concurrent issuances share their storage round trips (see batching.py).
         self._inserts = GroupCommit(leases.insert_leases)
         self._activations = GroupCommit(leases.activate_leases)
-        self._connection_checks = GroupCommit(catalog.connections_still_exist)
         self._quota_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- issuance -------------------------------------------------------------------------
@@ -214,11 +213,14 @@ class LeaseManager:
         ttl, max_ttl = self._lease_ttls(role)
         username = self._username(engine, connection, role, display_name)
         lease = self._new_lease(role, connection, username, ttl, max_ttl, token_accessor)
-        await self._write_lease_row(lease)
+        written = await self._write_lease_row(lease)
         if inserted is not None:
             inserted.set_result(None)
+        if not written:
+            # The connection was deleted since the context was read (or with its mount):
+            # no row, so no user. A delete that began later counts this lease and refuses.
+            raise InvalidRequest(f"unknown database connection {connection.name!r}")
         crash_point("after_lease_insert")
-        await self._check_connection_kept(lease, connection)
         password = await self._password_for(connection)
         await self._create_user(engine, role, lease, password)
         crash_point("after_user_create")
@@ -273,24 +275,15 @@ class LeaseManager:
             token_accessor=token_accessor,
         )
 
-    async def _write_lease_row(self, lease: NewLease) -> None:
+    async def _write_lease_row(self, lease: NewLease) -> bool:
         """Commit the lease row ('creating') before anything exists on the target, with
         the time the sweep takes it over should its creator never finish: the sooner of
-        its expiry and the creation timeout."""
+        its expiry and the creation timeout. False: its connection no longer exists."""
         takeover_at = min(
             lease.expires_at,
             lease.issued_at + dt.timedelta(seconds=self._settings.creation_timeout),
         )
-        await self._inserts.submit((lease, takeover_at))
-
-    async def _check_connection_kept(self, lease: NewLease, connection: Connection) -> None:
-        """After the row is committed, before the user is made: the connection must still
-        exist, else revocation would have nothing to reach the user through."""
-        if not await self._connection_checks.submit((lease.mount, connection.name)):
-            # Deleted since the context was read (or with its mount): no user is made. A
-            # delete that began earlier counted this lease row and refused instead.
-            await self._leases.mark_lease_failed(lease.lease_id, "connection deleted")
-            raise InvalidRequest(f"unknown database connection {connection.name!r}")
+        return await self._inserts.submit((lease, takeover_at))
 
     async def _password_for(self, connection: Connection) -> str:
         """From the connection's password policy when it names one, else the default."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -158,7 +158,7 @@ class CatalogStore(Store):
         """Delete the connection unless live leases still need it for their revocation.
         None: it does not exist; else how many live leases kept it (0: deleted). Counted
         under the row's lock, so an issuance in flight is either counted or finds the
-        connection gone before it makes its user (connections_still_exist)."""
+        connection gone before it makes its user (insert_leases)."""
         async with self._db.transaction() as conn:
             if await conn.fetchval(self._q["lock_connection_for_delete"], mount, name) is None:
                 return None
@@ -171,15 +171,6 @@ class CatalogStore(Store):
     async def live_leases_of_connection(self, mount: str, name: str) -> list[str]:
         rows = await self._fetch("live_leases_of_connection", mount, name)
         return [row["lease_id"] for row in rows]
-
-    async def connections_still_exist(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        """For each (mount, name), whether the connection exists, waiting out a delete that
-        holds it (see the query)."""
-        rows = await self._fetch(
-            "connections_still_exist", [m for m, _ in pairs], [n for _, n in pairs]
-        )
-        present = {row["i"] for row in rows}
-        return [i in present for i in range(1, len(pairs) + 1)]
 
     # -- roles ----------------------------------------------------------------------------
 

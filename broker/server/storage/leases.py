@@ -109,17 +109,18 @@ class LeaseStore(Store):
 
     # -- issuance -------------------------------------------------------------------------
 
-    async def insert_leases(self, leases: Sequence[tuple[NewLease, dt.datetime]]) -> list[None]:
+    async def insert_leases(self, leases: Sequence[tuple[NewLease, dt.datetime]]) -> list[bool]:
         """Lease rows with the time the sweep takes each over if it is still 'creating'
-        (the sooner of expiry and the creation timeout); one statement, all or none."""
+        (the sooner of expiry and the creation timeout); one statement. For each, whether
+        it was written: not when its connection was deleted meanwhile (see the query)."""
         if not leases:
             return []
         rows = [
             _insert_row(lease, takeover_at, await self._mac(lease)) for lease, takeover_at in leases
         ]
         columns = [list(column) for column in zip(*rows, strict=True)]
-        await self._execute("insert_leases", *columns)
-        return [None] * len(leases)
+        written = {row["lease_id"] for row in await self._fetch("insert_leases", *columns)}
+        return [lease.lease_id in written for lease, _ in leases]
 
     async def activate_leases(self, lease_ids: Sequence[str]) -> list[bool]:
         """For each id, whether it went from 'creating' to 'active'."""

@@ -55,8 +55,8 @@ SELECT count(*) FROM broker_leases
 WHERE mount = $1 AND connection_name = $2 AND state IN ('creating', 'active', 'revoking')
 
 -- lock_connection_for_delete --
--- Held until the deleting transaction ends: an issuance that checks the connection
--- (connections_still_exist) waits for it, then sees the outcome; the lease count that
+-- Held until the deleting transaction ends: an issuance writing its lease row
+-- (insert_leases) waits for it, then sees the outcome; the lease count that
 -- follows, a new statement, sees every lease row committed before the lock was taken.
 SELECT name FROM broker_connections WHERE mount = $1 AND name = $2 FOR UPDATE
 
@@ -74,19 +74,6 @@ WHERE mount = $1 AND state IN ('creating', 'active', 'revoking')
 SELECT lease_id FROM broker_leases
 WHERE mount = $1 AND connection_name = $2 AND state IN ('creating', 'active', 'revoking')
 ORDER BY lease_id
-
--- connections_still_exist --
--- Issuance, after its lease row is committed and before the user is made: which of the
--- (mount, name) pairs still exist. FOR KEY SHARE waits for a delete that holds the row
--- (lock_connection_for_delete) and then sees its outcome, so a connection is never deleted
--- between this check and the user's creation with a lease it did not count. Returns the
--- 1-based positions of the pairs that exist (group commit: many at once).
-SELECT k.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(mount, name, i)
-WHERE EXISTS (
-    SELECT 1 FROM broker_connections c
-    WHERE c.mount = k.mount AND c.name = k.name
-    FOR KEY SHARE
-)
 
 -- list_all_connections --
 SELECT mount, name, plugin_name, connection_url, username, password, allowed_roles,

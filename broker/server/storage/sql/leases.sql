@@ -6,6 +6,10 @@
 -- sooner of the expiry and the creation timeout. $14: each row's MAC (storage/integrity.py).
 -- Many leases in one statement (group commit); the arrays are parallel columns, and each
 -- lease's statement lists travel as a JSON array (lists of different lengths).
+-- A lease is written only while its connection exists: FOR KEY SHARE waits out a delete
+-- that holds the connection (lock_connection_for_delete) and then sees its outcome, and a
+-- delete that comes later counts this row. So no user is ever made through a connection
+-- deleted with a lease it did not count. Returns the ids written.
 INSERT INTO broker_leases
     (lease_id, mount, role_name, connection_name, plugin_name, username,
      revocation_statements, renew_statements, issued_at, expires_at, max_expires_at, due_at,
@@ -19,6 +23,12 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
             $12::timestamptz[], $13::text[], $14::bytea[])
     AS l(lease_id, mount, role_name, connection_name, plugin_name, username, revocation, renew,
          issued_at, expires_at, max_expires_at, due_at, token_accessor, mac)
+WHERE EXISTS (
+    SELECT 1 FROM broker_connections c
+    WHERE c.mount = l.mount AND c.name = l.connection_name
+    FOR KEY SHARE
+)
+RETURNING lease_id
 
 -- activate_leases --
 -- Only a lease still 'creating' becomes active: if a revocation claimed it meanwhile, the
