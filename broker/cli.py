@@ -34,6 +34,7 @@ EPILOG = """examples:
   broker operator init --key-shares 5 --key-threshold 3
   broker login --method approle --role-id ROLE_ID
   broker audit verify --config broker.toml /var/log/broker/audit.log
+  broker apply --config broker.toml --dry-run
 """
 
 #: The client command groups, by top-level command (server commands: server_commands.handles).

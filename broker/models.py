@@ -136,6 +136,9 @@ class TokenEntry:
     created_at: dt.datetime
     expires_at: dt.datetime | None
     max_expires_at: dt.datetime | None
+    #: Vault's periodic tokens: every renewal sets the TTL back to this many seconds and
+    #: no maximum applies but ``explicit_max_ttl``. 0: not periodic.
+    period: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,8 @@ class AppRole:
     secret_id_ttl: int
     secret_id_num_uses: int
     secret_id_bound_cidrs: tuple[str, ...]
+    #: The ``period`` of the tokens its logins get (0: not periodic).
+    token_period: int = 0
 
 
 @dataclass(frozen=True, slots=True)

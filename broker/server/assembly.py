@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,10 +23,14 @@ from broker.exceptions import BrokerError, IntegrityError
 from broker.server.api.app import build_app
 from broker.server.api.context import SERVICES, Services
 from broker.server.api.listmethod import VaultAppRunner
-from broker.server.auth.approle import AppRoleManager, AuthMethods
+from broker.server.auth.approle import AppRoleManager
+from broker.server.auth.jwt_auth import JwtAuth
+from broker.server.auth.kubernetes import KubernetesAuth
+from broker.server.auth.methods import AuthMethods
 from broker.server.auth.policy_store import PolicyStore
 from broker.server.auth.tokens import TokenManager
 from broker.server.auth.wrapping import Wrapper
+from broker.server.bootstrap import DeclarativeConfig, DeclarativeRunner, Targets, load_declarative
 from broker.server.database.catalog import Catalog
 from broker.server.database.issue_contexts import IssueContextCache
 from broker.server.database.leases import LeaseManager
@@ -45,7 +50,7 @@ from broker.server.storage.barrier import Barrier
 from broker.server.storage.connector import create_pool
 from broker.server.storage.stores import Stores
 
-__all__ = ["create_app", "parse_listen_address", "start_server"]
+__all__ = ["create_app", "declarative_targets", "parse_listen_address", "start_server"]
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +75,10 @@ def _services_ctx(
     settings: Settings,
 ) -> Callable[[web.Application], AbstractAsyncContextManager[None]]:
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        # A malformed declarative section stops the start here, before storage is touched.
+        declared = (
+            load_declarative(settings.declarative_file) if settings.declarative_file else None
+        )
         # Each part registers its teardown once built; they run in reverse on shutdown (or
         # on a failed start): jobs stop first, the storage pool closes last.
         async with contextlib.AsyncExitStack() as teardown:
@@ -87,10 +96,11 @@ def _services_ctx(
             stop_auth_listener = await _listen_auth_changes(server)
             if stop_auth_listener is not None:
                 teardown.push_async_callback(stop_auth_listener)
-            _hook_seal(server)
+            declarative = _declarative_runner(server, declared)
+            _hook_seal(server, declarative)
             await server.services.seal.try_auto_unseal()
             await server.services.nodes.heartbeat()
-            _register_jobs(server, settings)
+            _register_jobs(server, settings, declarative)
             # In-flight requests have had their grace (the runner's shutdown_timeout); now
             # the sweep gets its own, then whatever it still holds goes back to the queue.
             teardown.push_async_callback(server.jobs.stop, settings.shutdown_timeout)
@@ -126,6 +136,10 @@ async def _build_server(
     await catalog.refresh_mounts()
     jobs = BackgroundJobs(revocations, settings.sweep_interval)
     tokens = TokenManager(stores.auth, settings, jobs.sweep_soon)
+    kubernetes = KubernetesAuth(stores.auth, tokens)
+    teardown.push_async_callback(kubernetes.close)  # its TokenReview HTTP session
+    jwt = JwtAuth(stores.auth, tokens)
+    teardown.push_async_callback(jwt.close)  # its key fetches in flight
     services = Services(
         catalog=catalog,
         leases=leases,
@@ -135,8 +149,10 @@ async def _build_server(
         sweep_soon=jobs.sweep_soon,
         tokens=tokens,
         policies=PolicyStore(stores.auth),
-        auth_methods=AuthMethods(stores.auth),
+        auth_methods=AuthMethods(stores.auth, tokens),
         approle=AppRoleManager(stores.auth, tokens),
+        kubernetes=kubernetes,
+        jwt=jwt,
         wrapper=Wrapper(stores.auth),
         seal=SealManager(stores.keyring, settings, tokens.create_root),
         auditor=Auditor(
@@ -154,9 +170,64 @@ async def _build_server(
     return _Server(services, stores, engines, contexts, reconciler, jobs)
 
 
-def _hook_seal(server: _Server) -> None:
-    """On unseal, load what the keyring guards and finish interrupted work; on seal, drop
-    every cached secret (target pools, tokens, issuance contexts)."""
+def _declarative_targets(server: _Server) -> Targets:
+    services = server.services
+    return Targets(
+        catalog=services.catalog,
+        rotations=services.rotations,
+        passwords=services.passwords,
+        policies=services.policies,
+        auth_methods=services.auth_methods,
+        approle=services.approle,
+        kubernetes=services.kubernetes,
+        jwt=services.jwt,
+        auditor=services.auditor,
+        ledger=server.stores.declared,
+    )
+
+
+def _declarative_runner(
+    server: _Server, declared: DeclarativeConfig | None
+) -> DeclarativeRunner | None:
+    if declared is None:
+        return None
+    failures = server.services.metrics.declarative_failures
+    return DeclarativeRunner(_declarative_targets(server), declared, failures.set)
+
+
+@contextlib.asynccontextmanager
+async def declarative_targets(settings: Settings) -> AsyncIterator[Targets]:
+    """For ``broker apply``: the domain objects built as the server builds them, over a
+    pool of their own, with storage opened by the auto-unseal key; no listener, no jobs,
+    no unseal work. Raises ``ValueError`` when storage cannot be opened that way."""
+    async with contextlib.AsyncExitStack() as teardown:
+        pool = await create_pool(settings.storage_dsn, min_size=1, max_size=4)
+        teardown.push_async_callback(pool.close)
+        engines = EngineRegistry()
+        teardown.push_async_callback(engines.close)
+        stores = Stores.open(pool, Barrier())
+        if settings.apply_migrations:
+            await stores.migrate()
+        engines.install_id = await stores.nodes.install_id()
+        server = await _build_server(settings.replace(auto_init=False), stores, engines, teardown)
+        seal = server.services.seal
+        if not seal.auto_unseal:
+            raise ValueError(
+                "storage is sealed with Shamir keys: broker apply needs an auto-unseal "
+                '(seal_type = "file" or "env"); with Shamir keys the nodes apply the '
+                "declarative section at every unseal"
+            )
+        if not await seal.try_auto_unseal():
+            raise ValueError("storage is not initialized (PUT /v1/sys/init)")
+        teardown.callback(seal.seal)
+        yield _declarative_targets(server)
+
+
+def _hook_seal(server: _Server, declarative: DeclarativeRunner | None = None) -> None:
+    """On unseal, load what the keyring guards, finish interrupted work and apply the
+    declarative configuration (last, with everything loaded; the node still answers as
+    sealed, so it serves only once its declared objects exist); on seal, drop every cached
+    secret (target pools, tokens, issuance contexts)."""
     services = server.services
 
     async def unsealed() -> None:
@@ -175,15 +246,22 @@ def _hook_seal(server: _Server) -> None:
         if moved:
             log.info("re-encrypted %d connection password(s) under the active key", moved)
         await services.rotations.finish_root_rotations()
+        if declarative is not None:
+            await declarative.apply()
 
     services.seal.on_unseal(unsealed)
     for drop in (server.engines.forget_all, services.tokens.invalidate, server.contexts.invalidate):
         services.seal.on_seal(drop)
 
 
-def _register_jobs(server: _Server, settings: Settings) -> None:
+def _register_jobs(
+    server: _Server, settings: Settings, declarative: DeclarativeRunner | None = None
+) -> None:
     """The periodic jobs besides the sweep; those that need the keyring skip while sealed."""
     services, jobs, seal = server.services, server.jobs, server.services.seal
+    if declarative is not None:
+        retry = _when_unsealed(seal, declarative.retry)
+        jobs.add_periodic("declarative-retry", retry, declarative.RETRY_SECONDS)
     jobs.add_periodic("heartbeat", services.nodes.heartbeat, settings.heartbeat_interval)
     jobs.add_periodic("token-expiry", _when_unsealed(seal, services.tokens.revoke_expired), 5)
     jobs.add_periodic("token-orphaned-leases", services.tokens.revoke_orphaned_leases, 60)
@@ -202,11 +280,10 @@ def _register_jobs(server: _Server, settings: Settings) -> None:
         "root-rotations", _when_unsealed(seal, services.rotations.finish_root_rotations), 60
     )
     if settings.reconcile_interval > 0:
-        jobs.add_periodic(
-            "reconcile",
-            _when_unsealed(seal, server.reconciler.report_orphans),
-            settings.reconcile_interval,
+        reconcile = functools.partial(
+            server.reconciler.report_orphans, revoke=settings.reconcile_revoke
         )
+        jobs.add_periodic("reconcile", _when_unsealed(seal, reconcile), settings.reconcile_interval)
 
 
 async def _leave(services: Services) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from broker.server.settings import Settings
 
 #: Top-level commands run here, and the ``operator`` subcommands that need the server.
-COMMANDS = frozenset({"server", "migrate", "revoke-expired", "reconcile", "audit"})
+COMMANDS = frozenset({"server", "migrate", "revoke-expired", "reconcile", "audit", "apply"})
 OPERATOR_COMMANDS = frozenset({"generate-seal-key"})
 
 
@@ -73,6 +73,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     reconcile.add_argument("--config", help="TOML settings file")
     reconcile.add_argument("--revoke", action="store_true", help="drop the orphans found")
+
+    apply = sub.add_parser(
+        "apply",
+        help="make storage match the [declarative] section of the configuration",
+        description=(
+            "Creates and updates what the [declarative] section declares, deletes what it "
+            "no longer declares where its kind is in prune, and reports drift (objects "
+            "changed outside the file since it was last applied). Talks to storage, like "
+            "reconcile, opening it with the auto-unseal key; the nodes apply the same "
+            "section at every unseal. Exit 0: done (or, with --dry-run, planned); 1: some "
+            "objects failed; with --detailed-exitcode, 2 when the dry run found changes. "
+            "Example: broker apply --config /etc/broker/broker.toml --dry-run"
+        ),
+    )
+    apply.add_argument("--config", help="TOML settings file with a [declarative] section")
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print the plan and drift; change nothing"
+    )
+    apply.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="with --dry-run: exit 2 when storage differs from the file (for drift checks)",
+    )
 
 
 def add_host_tool_parsers(
@@ -138,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_reconcile(args))
     if args.command == "audit":
         return _audit_verify(args)
+    if args.command == "apply":
+        return asyncio.run(_apply(args))
     return _generate_seal_key()
 
 
@@ -346,6 +371,41 @@ async def _reconcile(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if len(report.orphans) > len(revoked) or report.errors else 0
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    """One line per object (action, kind, API path, fields that differ, drift), then a
+    summary on stderr. Exit 0: applied, or planned; 1: failures; 2: with
+    ``--detailed-exitcode``, a dry run found changes to make."""
+    from broker.exceptions import BrokerError
+    from broker.server.assembly import declarative_targets
+    from broker.server.bootstrap import apply, load_declarative, pending, summary
+
+    try:
+        settings = _settings(args.config)
+        if not settings.declarative_file:
+            raise ValueError(
+                f"{args.config or 'the configuration'} has no [declarative] section "
+                "(or set declarative_file)"
+            )
+        config = load_declarative(settings.declarative_file)
+        async with declarative_targets(settings) as targets:
+            changes = await apply(targets, config, dry_run=args.dry_run)
+    except BrokerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:  # the settings, the section, a sealed storage
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for change in changes:
+        print(change.line())
+    what = "plan (dry run, nothing changed)" if args.dry_run else "applied"
+    print(f"{what}: {summary(changes)}", file=sys.stderr)
+    if any(change.error for change in changes):
+        return 1
+    if args.dry_run and args.detailed_exitcode and pending(changes):
+        return 2
+    return 0
 
 
 def _generate_seal_key() -> int:

@@ -5,14 +5,34 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from broker.exceptions import StorageUnavailable
 from broker.server.database.revocation import Revocations, SweepResult
 
 log = logging.getLogger(__name__)
 _JOB_ID = "sweep-expired-leases"
+
+
+class _OutageLog:
+    """A storage outage (or failover) in the log: one warning per job when it starts
+    failing, one line when it works again; not a line per job per second in between."""
+
+    def __init__(self) -> None:
+        self._down_since: dict[str, float] = {}
+
+    def failed(self, name: str, exc: StorageUnavailable) -> None:
+        if name not in self._down_since:
+            self._down_since[name] = time.monotonic()
+            log.warning("%s paused: %s (retrying as scheduled)", name, exc.message)
+
+    def succeeded(self, name: str) -> None:
+        since = self._down_since.pop(name, None)
+        if since is not None:
+            log.info("%s resumed after %.1fs", name, time.monotonic() - since)
 
 
 class BackgroundJobs:
@@ -23,16 +43,21 @@ class BackgroundJobs:
         self._revocations = revocations
         self._interval = interval
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self._outages = _OutageLog()
 
     def add_periodic(self, name: str, job: Callable[[], Awaitable[object]], seconds: float) -> None:
         """Run ``job`` every ``seconds`` (first run now); a failing run is logged and the
-        next one runs as scheduled."""
+        next one runs as scheduled (storage down or failing over: one line, no trace)."""
 
         async def run() -> None:
             try:
                 await job()
+            except StorageUnavailable as exc:
+                self._outages.failed(name, exc)
             except Exception:
                 log.exception("%s failed", name)
+            else:
+                self._outages.succeeded(name)
 
         self._scheduler.add_job(
             run,
@@ -66,9 +91,13 @@ class BackgroundJobs:
     async def _run(self) -> SweepResult | None:
         try:
             result = await self._revocations.sweep()
-        except Exception:  # the job must survive a storage outage and run again
+        except StorageUnavailable as exc:  # an outage or a failover: the next run retries
+            self._outages.failed("expiry sweep", exc)
+            return None
+        except Exception:  # the job must survive anything and run again
             log.exception("expiry sweep failed")
             return None
+        self._outages.succeeded("expiry sweep")
         if result.revoked or result.failed:
             log.info(
                 "sweep revoked %d lease(s), %d failed, in %.3fs",

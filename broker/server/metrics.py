@@ -91,6 +91,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.declarative_failures = Gauge(
+            "broker_declarative_failures",
+            "Objects of the declarative configuration this node's last apply failed to "
+            "apply (retried every 30 s)",
+            registry=r,
+        )
         self.pool = Gauge(
             "broker_target_pool_connections",
             "Connections of each target's pool by state",

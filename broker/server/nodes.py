@@ -70,6 +70,11 @@ class NodeRegistry:
             identity.node_id, identity.api_address, broker.__version__, identity.instance_id
         )
 
+    async def storage_writable(self) -> bool:
+        """For sys/health: whether storage takes writes (raises ``StorageUnavailable``
+        when it cannot be reached)."""
+        return await self._store.storage_writable()
+
     async def live_nodes(self) -> list[dict[str, Any]]:
         """Nodes whose last heartbeat is within three intervals."""
         return await self._store.live_nodes(self._interval * DEAD_AFTER_INTERVALS)

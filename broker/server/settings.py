@@ -61,10 +61,17 @@ class Settings:
     #: text it chose to a shell profile or a crontab (Vault's CVE-2025-6000).
     audit_file_dirs: tuple[str, ...] = ()
     #: Whether ``PUT sys/audit/:path`` may enable devices (OpenBao's
-    #: ``unsafe_allow_api_audit_creation``). On by default: the API is the only way to
-    #: enable a device, and without one nothing is audited; ``audit_file_dirs`` already
-    #: confines file devices. Turn it off once the devices are enabled.
+    #: ``unsafe_allow_api_audit_creation``). On by default, for installs that enable their
+    #: devices through the API (``audit_file_dirs`` confines file devices). Turn it off once
+    #: the devices are enabled, or declare them in the ``[declarative]`` section, which
+    #: creates them whatever this says.
     allow_api_audit_creation: bool = True
+    #: The TOML file whose ``[declarative]`` section (mounts, connections, roles,
+    #: policies, auth methods, audit devices: see server/bootstrap/) the server applies
+    #: after every unseal, and ``broker apply`` on demand. Set by ``load`` to the
+    #: configuration file itself when that has the section; BROKER_DECLARATIVE_FILE names
+    #: another file (a ConfigMap key of its own, say).
+    declarative_file: str = ""
     #: Revoked and failed lease rows are kept this long, then tidied away in batches.
     lease_retention: int = 7 * 24 * 3600
     tidy_interval: float = 600.0
@@ -98,6 +105,10 @@ class Settings:
     heartbeat_interval: float = 1.0
     #: Seconds between scheduled orphan reports (0: off). See ``broker reconcile``.
     reconcile_interval: float = 0.0
+    #: The scheduled reconcile also drops the orphans it finds (``--revoke``): the safety
+    #: net for storage on asynchronous replication, whose failover can lose lease rows
+    #: whose users exist. Only users marked as this install's are ever dropped.
+    reconcile_revoke: bool = False
     #: Grace for in-flight requests and claimed revocations on SIGTERM.
     shutdown_timeout: float = 20.0
     default_lease_ttl: int = VAULT_DEFAULT_TTL
@@ -132,6 +143,11 @@ class Settings:
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
             values.update(raw.get("broker", raw))
+            # The declarative section is not settings: it is loaded and checked on its own
+            # (bootstrap/config.py), from the file this names.
+            values.pop("declarative", None)
+            if "declarative" in raw and "declarative_file" not in values:
+                values["declarative_file"] = os.path.abspath(path)
         for f in dataclasses.fields(cls):
             env_value = environ.get("BROKER_" + f.name.upper())
             if env_value is not None:

@@ -107,8 +107,12 @@ class World:
         await asyncio.gather(
             asyncio.to_thread(self.storage.start), asyncio.to_thread(self.target.start)
         )
+        await self.start_nodes(self.storage.dsn())
+
+    async def start_nodes(self, storage_dsn: str) -> None:
+        """The nodes on ``storage_dsn``, up, and the mount, connections and roles made."""
         env = {
-            "BROKER_STORAGE_DSN": self.storage.dsn(),
+            "BROKER_STORAGE_DSN": storage_dsn,
             "BROKER_ROOT_TOKEN": TOKEN,
             "BROKER_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
             "BROKER_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.chaos import harness
+import pytest
+
+from tests.chaos import failover, harness
 
 
 def _check(figures: dict[str, Any]) -> None:
@@ -52,3 +54,18 @@ def _check_takeover(figures: dict[str, Any]) -> None:
     assert figures["orphans"] == 0, figures
     assert figures["late_revocations"] == 0, figures
     assert all(code == 0 for code in figures["exit_codes"].values()), figures
+
+
+@pytest.mark.parametrize("synchronous", [True, False], ids=["sync", "async"])
+async def test_storage_failover_under_load(synchronous: bool) -> None:
+    """The primary of a replicated storage stops abruptly under load on two nodes and its
+    standby is promoted: issuance resumes by itself; with synchronous replication nothing
+    acknowledged is lost; either way no user is left once TTL and grace are over (full
+    size and figures: ``python -m tests.chaos failover --full``)."""
+    figures = await failover.storage_failover(8, synchronous=synchronous, promote_after=2)
+    _check(figures)
+    assert not failover.broken(figures, synchronous), figures
+    assert figures["refused_503"] > 0  # the outage was seen, and answered with 503s
+    assert figures["users_left_after_ttl_and_grace"] == 0, figures
+    if synchronous:
+        assert figures["acknowledged_missing"] == 0, figures

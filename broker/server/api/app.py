@@ -75,8 +75,8 @@ async def _resolve(
         resolved = await services.auth_methods.resolve(path[len("auth/") :])
         if resolved is None:
             return None
-        mount, _type, rest = resolved
-        found = match(tables.approle, rest)
+        mount, type_, rest = resolved
+        found = match(tables.auth.get(type_, ()), rest)
         return (*found, mount) if found else None
     mounted = await services.catalog.resolve_mount(path)
     if mounted is None:
@@ -144,7 +144,8 @@ async def _route_and_call(
         await _refuse_unrouted(services, caller, path, operation)
         return error_response(404, [f'no handler for route "{path}". route entry not found.'])
     target, args, mount = found
-    path, args = judged_form(path, target, args)
+    prefix = "" if not mount else f"auth/{mount}/" if path.startswith("auth/") else f"{mount}/"
+    path, args = judged_form(path, target, args, prefix)
     request[ROUTE_KEY] = _route_label(path, target, mount)
     if services.seal.sealed and not target.sealed_ok:
         raise Sealed()
@@ -165,7 +166,7 @@ async def _route_and_call(
         if caller is not None:
             services.token_limits.take(caller.accessor or "root", "token")
             acl = await services.policies.acl(caller.policies)
-            denied = not acl.allows(path, operation or "", sudo=target.sudo)
+            denied = target.acl and not acl.allows(path, operation or "", sudo=target.sudo)
         else:
             denied = True
     ctx = RequestContext(request, services, params, args, mount, caller, remote)
@@ -270,6 +271,18 @@ async def _audited(
     return response
 
 
+def loggable_path(request: web.Request) -> str:
+    """The request's path for a log line: percent-encoded as it arrived (an encoded
+    newline cannot forge a line), with the query string's names but not its values.
+    Parameters are read from the query string too, so a client may send a JWT, a token
+    or a secret ID there (``auth/jwt/login?jwt=...``); its value must not be logged."""
+    raw_query = request.rel_url.raw_query_string
+    if not raw_query:
+        return request.rel_url.raw_path
+    names = [item.partition("=")[0] for item in raw_query.split("&") if item]
+    return request.rel_url.raw_path + "?" + "&".join(names)
+
+
 @web.middleware
 async def request_context(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -287,14 +300,15 @@ async def request_context(
     metrics = request.app[SERVICES].metrics
     metrics.http_requests.labels(route_name, request.method, str(response.status)).inc()
     metrics.http_seconds.labels(route_name).observe(elapsed)
+    logged_path = loggable_path(request)
     access_log.info(
         "%s %s %d",
         request.method,
-        request.raw_path,
+        logged_path,
         response.status,
         extra={
             "method": request.method,
-            "path": request.raw_path,
+            "path": logged_path,
             "route": route_name,
             "status": response.status,
             "duration_ms": round(elapsed * 1000, 2),
@@ -320,7 +334,7 @@ async def vault_errors(
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.raw_path)
+        log.exception("unhandled error on %s %s", request.method, loggable_path(request))
         return error_response(500, ["internal error"])
 
 

@@ -40,7 +40,7 @@ def audit_request_entry(
             "operation": operation,
             # The path as routed; a request the router could not match (a raw newline in
             # it) has none, and is recorded percent-encoded as it arrived.
-            "path": ctx.request.match_info.get("tail", ctx.request.raw_path),
+            "path": ctx.request.match_info.get("tail", ctx.request.rel_url.raw_path),
             "mount_point": ctx.mount,
             "remote_address": ctx.remote,
             "data": hash_values(ctx.params.audit_view(), hmac) or None,

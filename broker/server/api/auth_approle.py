@@ -15,16 +15,12 @@ from broker.server.api.responses import list_response, no_content, vault_respons
 from broker.server.auth.approle import AppRoleUpdate
 
 
-def _int(p: Params, name: str) -> int | None:
-    value = p.raw(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise InvalidRequest(f"{name}: expected an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"{name}: expected an integer") from exc
+def _period(p: Params) -> int | None:
+    """``token_period``, or the deprecated ``period`` that older clients send (Vault's
+    tokenutil: the ``token_`` name wins when both are given)."""
+    period = p.ttl("token_period")
+    deprecated = p.ttl("period")
+    return period if period is not None else deprecated
 
 
 async def write_role(ctx: RequestContext) -> web.StreamResponse:
@@ -34,11 +30,12 @@ async def write_role(ctx: RequestContext) -> web.StreamResponse:
         token_policies=p.strings("token_policies") or p.strings("policies"),
         token_ttl=p.ttl("token_ttl"),
         token_max_ttl=p.ttl("token_max_ttl"),
-        token_num_uses=_int(p, "token_num_uses"),
+        token_num_uses=p.integer("token_num_uses"),
         token_bound_cidrs=p.strings("token_bound_cidrs"),
         secret_id_ttl=p.ttl("secret_id_ttl"),
-        secret_id_num_uses=_int(p, "secret_id_num_uses"),
+        secret_id_num_uses=p.integer("secret_id_num_uses"),
         secret_id_bound_cidrs=p.strings("secret_id_bound_cidrs") or p.strings("bound_cidr_list"),
+        token_period=_period(p),
     )
     await ctx.services.approle.write_role(ctx.mount, ctx.arg("name"), update, ctx.require_caller())
     warnings = p.unused_warning()
@@ -59,6 +56,8 @@ async def read_role(ctx: RequestContext) -> web.StreamResponse:
             "secret_id_ttl": r.secret_id_ttl,
             "secret_id_num_uses": r.secret_id_num_uses,
             "secret_id_bound_cidrs": list(r.secret_id_bound_cidrs),
+            "token_period": r.token_period,
+            "period": r.token_period,
             "token_type": "default",
         }
     )

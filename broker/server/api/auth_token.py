@@ -6,26 +6,30 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.exceptions import InvalidRequest
+from broker.exceptions import InvalidRequest, NotFound
 from broker.models import TokenEntry
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import list_response, no_content, vault_response
 from broker.server.auth.tokens import TokenManager, TokenRequest, check_cidrs
 
 
-def auth_block(token: str, entry: TokenEntry) -> dict[str, Any]:
-    """The ``auth`` part of Vault's answer to a token creation or a login."""
+def auth_block(token: str, entry: TokenEntry, lease_duration: int | None = None) -> dict[str, Any]:
+    """The ``auth`` part of Vault's answer to a token creation, a login or a renewal
+    (Vault's ``AuthResponse``). Vault Agent and the CSI provider read a renewal's
+    ``lease_duration`` and ``renewable`` from it and count an answer without it as a
+    failed renewal; ``client_token`` is empty where Vault leaves it so (renew-accessor)."""
     return {
         "client_token": token,
         "accessor": entry.accessor,
         "policies": list(entry.policies),
         "token_policies": list(entry.policies),
         "metadata": entry.meta or None,
-        "lease_duration": entry.ttl,
+        "lease_duration": entry.ttl if lease_duration is None else lease_duration,
         "renewable": entry.renewable,
         "entity_id": "",
         "token_type": "service",
         "orphan": entry.parent_accessor is None,
+        "mfa_requirement": None,
         "num_uses": entry.num_uses,
     }
 
@@ -57,14 +61,16 @@ async def _create(ctx: RequestContext, orphan: bool) -> web.StreamResponse:
         display_name=(p.text("display_name") or "").strip(),
         meta=_meta(ctx),
         bound_cidrs=check_cidrs(p.strings("bound_cidrs") or (), "bound_cidrs"),
+        period=p.ttl("period") or 0,
     )
     caller = ctx.require_caller()
-    # Vault: create-orphan needs only update on its own path; no_parent on create needs
-    # root or sudo there.
-    may_orphan = orphan or (await ctx.services.policies.acl(caller.policies)).allows(
-        "auth/token/create", "update", sudo=True
+    # Vault: create-orphan needs only update on its own path; no_parent on create, and a
+    # period on either, need root or sudo on the path called.
+    path = "auth/token/create-orphan" if orphan else "auth/token/create"
+    sudo = (await ctx.services.policies.acl(caller.policies)).allows(path, "update", sudo=True)
+    token, entry = await ctx.services.tokens.create(
+        caller, request, may_orphan=orphan or sudo, may_period=sudo
     )
-    token, entry = await ctx.services.tokens.create(caller, request, may_orphan=may_orphan)
     return vault_response(None, auth=auth_block(token, entry), warnings=p.unused_warning())
 
 
@@ -115,38 +121,58 @@ async def lookup_accessor(ctx: RequestContext) -> web.StreamResponse:
     return vault_response(TokenManager.describe(entry))
 
 
-async def _renewed(ctx: RequestContext, entry: TokenEntry) -> web.StreamResponse:
+async def _check_login_role(ctx: RequestContext, entry: TokenEntry) -> None:
+    """Vault's ``pathLoginRenew`` of the AppRole, Kubernetes and JWT methods: a token a
+    login issued renews only while the role it logged in through still exists. Deleting
+    the role is how its logins end at their next renewal, a periodic token's included
+    (which otherwise renews for good). A token of a method since disabled was revoked
+    with it (``AuthMethods.disable``)."""
+    path = entry.path
+    if not (path.startswith("auth/") and path.endswith("/login")) or path.startswith("auth/token/"):
+        return
+    mount = path[len("auth/") : -len("/login")]
+    resolved = await ctx.services.auth_methods.resolve(f"{mount}/login")
+    if resolved is None or resolved[0] != mount:
+        raise InvalidRequest(f"the auth method at {mount}/ that issued this token is gone")
+    meta = entry.meta or {}
+    type_ = resolved[1]
+    name = meta.get("role_name" if type_ == "approle" else "role", "")
+    try:
+        if type_ == "approle":
+            await ctx.services.approle.read_role(mount, name)
+        elif type_ == "kubernetes":
+            await ctx.services.kubernetes.read_role(mount, name)
+        elif type_ in ("jwt", "oidc"):
+            await ctx.services.jwt.read_role(mount, name)
+    except NotFound:
+        raise InvalidRequest(f'role "{name}" does not exist during renewal') from None
+
+
+async def _renewed(ctx: RequestContext, entry: TokenEntry, token: str) -> web.StreamResponse:
+    """Vault's answer to a token renewal: the ``auth`` block with the TTL left now as
+    ``lease_duration`` (what the renewal gave, or less where the token's maximum capped
+    it). ``token`` is the renewed token, "" where Vault leaves it out (renew-accessor)."""
+    await _check_login_role(ctx, entry)
     renewed = await ctx.services.tokens.renew(entry, ctx.params.ttl("increment") or 0)
-    described = TokenManager.describe(renewed)
-    auth = {
-        "client_token": "",
-        "accessor": renewed.accessor,
-        "policies": list(renewed.policies),
-        "token_policies": list(renewed.policies),
-        "metadata": renewed.meta or None,
-        "lease_duration": described["ttl"],
-        "renewable": renewed.renewable,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": renewed.parent_accessor is None,
-    }
-    return vault_response(None, auth=auth)
+    left = TokenManager.describe(renewed)["ttl"]
+    return vault_response(None, auth=auth_block(token, renewed, lease_duration=left))
 
 
 async def renew_self(ctx: RequestContext) -> web.StreamResponse:
     caller = ctx.require_caller()
     if caller.entry is None:
         raise InvalidRequest("this root token does not expire and cannot be renewed")
-    return await _renewed(ctx, caller.entry)
+    return await _renewed(ctx, caller.entry, caller.token)
 
 
 async def renew(ctx: RequestContext) -> web.StreamResponse:
-    return await _renewed(ctx, await ctx.services.tokens.lookup(ctx.params.required_str("token")))
+    token = ctx.params.required_str("token")
+    return await _renewed(ctx, await ctx.services.tokens.lookup(token), token)
 
 
 async def renew_accessor(ctx: RequestContext) -> web.StreamResponse:
     accessor = ctx.params.required_str("accessor")
-    return await _renewed(ctx, await ctx.services.tokens.lookup_accessor(accessor))
+    return await _renewed(ctx, await ctx.services.tokens.lookup_accessor(accessor), "")
 
 
 async def revoke_self(ctx: RequestContext) -> web.StreamResponse:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from broker.server.api.params import Params
-from broker.server.auth.approle import AppRoleManager, AuthMethods
+from broker.server.auth.approle import AppRoleManager
+from broker.server.auth.jwt_auth import JwtAuth
+from broker.server.auth.kubernetes import KubernetesAuth
+from broker.server.auth.methods import AuthMethods
 from broker.server.auth.policy_store import PolicyStore
 from broker.server.auth.tokens import Caller, TokenManager
 from broker.server.auth.wrapping import Wrapper
@@ -47,6 +50,8 @@ class Services:
     policies: PolicyStore
     auth_methods: AuthMethods
     approle: AppRoleManager
+    kubernetes: KubernetesAuth
+    jwt: JwtAuth
     wrapper: Wrapper
     # Security: the seal, the audit devices, the rate limits taken before any lookup.
     seal: SealManager

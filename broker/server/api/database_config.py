@@ -7,17 +7,9 @@ from aiohttp import web
 from broker.exceptions import InvalidRequest
 from broker.server.api.context import RequestContext
 from broker.server.api.responses import list_response, no_content, vault_response
-from broker.server.database.catalog import ConnectionUpdate
+from broker.server.database.catalog import OPTION_RANGES, ConnectionUpdate
 from broker.server.database.endpoints import shown_connection_url
 
-#: Integer options and the ranges they may take (a pool of 0 or a timeout of ages would
-#: only fail later, at issuance, instead of now).
-_OPTION_RANGES = {
-    "max_open_connections": (1, 1000),
-    "max_idle_connections": (0, 1000),
-    "connect_timeout": (1, 600),
-    "statement_timeout": (1, 3600),
-}
 #: Stored with the options but shown at the top level of a read, where Vault puts them.
 _TOP_LEVEL_OPTIONS = ("password_policy", "root_rotation_statements")
 _OPTION_KEYS = (
@@ -38,7 +30,7 @@ async def write_connection(ctx: RequestContext) -> web.StreamResponse:
             if key == "max_connection_lifetime":
                 options[key] = p.ttl(key)
                 continue
-            low, high = _OPTION_RANGES[key]
+            low, high = OPTION_RANGES[key]
             try:
                 number = int(value)
             except (TypeError, ValueError) as exc:

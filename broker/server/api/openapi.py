@@ -149,16 +149,15 @@ def _add_routes(
 def build_document(
     sys_routes: Iterable[Route],
     database_routes: Iterable[Route],
-    approle_routes: Iterable[Route],
     database_mounts: Iterable[str],
-    approle_mounts: Iterable[str],
+    auth_mounts: Iterable[tuple[str, Iterable[Route]]],
 ) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     _add_routes(paths, sys_routes, "", "system")
     for mount in database_mounts:
         _add_routes(paths, database_routes, f"{mount}/", "secrets", _TARGET_ERROR)
-    for mount in approle_mounts:
-        _add_routes(paths, approle_routes, f"auth/{mount}/", "auth")
+    for mount, auth_routes in auth_mounts:
+        _add_routes(paths, auth_routes, f"auth/{mount}/", "auth")
     return {
         "openapi": "3.1.0",
         "info": {

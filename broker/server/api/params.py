@@ -80,6 +80,18 @@ class Params:
             return default
         return parse_duration(value, name)
 
+    def integer(self, name: str) -> int | None:
+        """An integer, sent as a JSON number or as digits ("3"); None when absent or empty."""
+        value = self._get(name)
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            raise InvalidRequest(f"{name}: expected an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"{name}: expected an integer") from exc
+
     def strings(self, name: str) -> tuple[str, ...] | None:
         """A JSON list or a comma-separated string (Vault accepts both)."""
         value = self._get(name)

@@ -11,8 +11,9 @@ before routing and before the ACL, and no handler normalises it again:
   ``sys/mounts/tmpdb``;
 - ``.`` and ``..`` segments (after percent-decoding) and control characters are refused:
   they have no meaning in Vault's paths and only serve to confuse a matcher;
-- segments Vault treats as case-insensitive (policy names) are lower-cased by the route
-  (``Route.case_insensitive``) before the ACL sees the path.
+- segments Vault treats as case-insensitive (policy names, the role names of the
+  Kubernetes and JWT/OIDC methods) are lower-cased by the route (``Route.case_insensitive``)
+  before the ACL sees the path.
 """
 
 from __future__ import annotations
@@ -69,13 +70,21 @@ def needs_token(path: str) -> bool:
     return path not in OPEN_PATHS and not _LOGIN.fullmatch(path)
 
 
-def judged_form(path: str, target: Route, args: dict[str, str]) -> tuple[str, dict[str, str]]:
+def judged_form(
+    path: str, target: Route, args: dict[str, str], mount_prefix: str = ""
+) -> tuple[str, dict[str, str]]:
     """The path the ACL judges and the arguments the handler gets, from one canonical path
     and the route it matched: lower-cased together where the route's names are
-    case-insensitive, so ``sys/policy/Narrow`` is judged as the ``narrow`` it writes."""
+    case-insensitive, so ``sys/policy/Narrow`` is judged as the ``narrow`` it writes and
+    ``auth/jwt/role/Admin`` as the ``admin`` role it rewrites. Only the part after
+    ``mount_prefix`` (``auth/<mount>/``, ``<mount>/``) is lower-cased: mount paths are
+    case-sensitive, and the ACL must see the mount the handler acts on as it is."""
     if not target.case_insensitive:
         return path, args
-    return path.lower(), {name: value.lower() for name, value in args.items()}
+    if not path.startswith(mount_prefix):  # the dispatcher resolved the mount from path
+        raise ValueError(f"{path!r} is not under {mount_prefix!r}")
+    judged = mount_prefix + path[len(mount_prefix) :].lower()
+    return judged, {name: value.lower() for name, value in args.items()}
 
 
 def capability_forms(raw: str) -> tuple[str, str]:

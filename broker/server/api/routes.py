@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from broker.server.api import (
     auth_approle,
+    auth_jwt,
+    auth_kubernetes,
     auth_token,
     database_config,
     database_creds,
@@ -13,6 +15,7 @@ from broker.server.api import (
     sys_auth,
     sys_capabilities,
     sys_health,
+    sys_internal_ui,
     sys_leases,
     sys_metrics,
     sys_mounts,
@@ -41,6 +44,10 @@ SYS_ROUTES: tuple[Route, ...] = (
     route(r"auth/token/accessors/?", sudo=True, list=auth_token.list_accessors),
     route(r"sys/health", authenticated=False, sealed_ok=True, read=sys_health.read_health),
     route(r"sys/internal/specs/openapi", authenticated=False, read=sys_openapi.read_openapi),
+    # Vault serves these to any valid token, outside the ACL (no policy names them): the
+    # handler decides from the token's policies what it may see.
+    route(r"sys/internal/ui/mounts/?", acl=False, read=sys_internal_ui.list_mounts),
+    route(r"sys/internal/ui/mounts/(?P<path>.+)", acl=False, read=sys_internal_ui.read_mount),
     route(
         r"sys/init",
         authenticated=False,
@@ -196,4 +203,44 @@ APPROLE_ROUTES: tuple[Route, ...] = (
     ),
 )
 
-TABLES = RouteTables(SYS_ROUTES, DATABASE_ROUTES, APPROLE_ROUTES)
+# Relative to a Kubernetes auth method mount (auth/<mount>/...).
+KUBERNETES_ROUTES: tuple[Route, ...] = (
+    route(r"login", authenticated=False, update=auth_kubernetes.login),
+    route(r"config", read=auth_kubernetes.read_config, update=auth_kubernetes.write_config),
+    route(r"role/?", list=auth_kubernetes.list_roles),
+    # Vault lower-cases these role names: so does the ACL (paths.py ``judged_form``).
+    route(
+        r"role/(?P<name>[^/]+)",
+        case_insensitive=True,
+        read=auth_kubernetes.read_role,
+        update=auth_kubernetes.write_role,
+        delete=auth_kubernetes.delete_role,
+    ),
+)
+
+# Relative to a JWT/OIDC auth method mount (auth/<mount>/...): the non-browser part, the
+# same for both types (the OIDC browser flow's oidc/auth_url and oidc/callback are not
+# served; docs/compatibility.md).
+JWT_ROUTES: tuple[Route, ...] = (
+    route(r"login", authenticated=False, update=auth_jwt.login),
+    route(r"config", read=auth_jwt.read_config, update=auth_jwt.write_config),
+    route(r"role/?", list=auth_jwt.list_roles),
+    # Vault lower-cases these role names: so does the ACL (paths.py ``judged_form``).
+    route(
+        r"role/(?P<name>[^/]+)",
+        case_insensitive=True,
+        read=auth_jwt.read_role,
+        update=auth_jwt.write_role,
+        delete=auth_jwt.delete_role,
+    ),
+)
+
+#: Each auth method type's table, by the type ``sys/auth/<path>`` enabled.
+AUTH_ROUTES = {
+    "approle": APPROLE_ROUTES,
+    "kubernetes": KUBERNETES_ROUTES,
+    "jwt": JWT_ROUTES,
+    "oidc": JWT_ROUTES,
+}
+
+TABLES = RouteTables(SYS_ROUTES, DATABASE_ROUTES, AUTH_ROUTES)

@@ -43,16 +43,21 @@ class Route:
     #: The names in this path are case-insensitive (Vault lower-cases policy names): the
     #: path is lower-cased before the ACL judges it, so handler and ACL see one name.
     case_insensitive: bool = False
+    #: The ACL judges the path before the handler runs. False only where Vault serves a
+    #: path to every valid token and its handler decides from the token's policies what it
+    #: may see (``sys/internal/ui/mounts``): a token is still required.
+    acl: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class RouteTables:
-    """The three tables (routes.py): paths under sys/ and auth/token/, then the paths
-    relative to a database secrets engine mount and to an AppRole mount."""
+    """The tables (routes.py): paths under sys/ and auth/token/, the paths relative to a
+    database secrets engine mount, and for each auth method type the paths relative to
+    its mount (``auth/<mount>/...``)."""
 
     sys: tuple[Route, ...]
     database: tuple[Route, ...]
-    approle: tuple[Route, ...]
+    auth: Mapping[str, tuple[Route, ...]]
 
 
 #: The application's route tables: the dispatcher matches requests against them and the
@@ -74,6 +79,7 @@ def route(
     sudo: bool = False,
     sealed_ok: bool = False,
     case_insensitive: bool = False,
+    acl: bool = True,
     **handlers: Handler,
 ) -> Route:
     return Route(
@@ -84,6 +90,7 @@ def route(
         sudo,
         sealed_ok,
         case_insensitive,
+        acl,
     )
 
 

@@ -19,15 +19,21 @@ def _code(ctx: RequestContext, name: str, default: int) -> int:
 
 async def read_health(ctx: RequestContext) -> web.StreamResponse:
     """Vault's codes: 200 unsealed, 501 not initialised, 503 sealed or storage down;
-    ``sealedcode`` and ``uninitcode`` override them, as in Vault."""
-    storage_ok = True
+    ``sealedcode`` and ``uninitcode`` override them, as in Vault.
+
+    Storage down includes read-only (a standby not yet promoted, or an old primary back as
+    a standby): the node could answer reads but would refuse every issuance, so a load
+    balancer must take it out, whatever the codes asked for."""
+    storage = "ok"
     initialized = True
     try:
         initialized = (await ctx.services.seal.status())["initialized"]
+        if not await ctx.services.nodes.storage_writable():
+            storage = "read-only"
     except StorageUnavailable:
-        storage_ok = False
+        storage = "unavailable"
     sealed = ctx.services.seal.sealed
-    if not storage_ok:
+    if storage != "ok":
         status = 503
     elif not initialized:
         status = _code(ctx, "uninitcode", 501)
@@ -46,7 +52,7 @@ async def read_health(ctx: RequestContext) -> web.StreamResponse:
         "version": broker.__version__,
         "cluster_name": "broker",
         "node_id": ctx.services.nodes.identity.node_id,
-        "storage": "ok" if storage_ok else "unavailable",
+        "storage": storage,
     }
     return json_response(body, status)
 

@@ -98,6 +98,24 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile("/".join(parts) + (".*" if glob else ""))
 
 
+def _reaches(pattern: str, mount: str) -> bool:
+    """Whether ``pattern`` can match some path under ``mount`` (which ends in ``/``):
+    segment by segment, a ``+`` matches any segment and a trailing ``*`` anything that
+    starts with what precedes it."""
+    glob = pattern.endswith("*")
+    parts = (pattern[:-1] if glob else pattern).split("/")
+    segments = mount.rstrip("/").split("/")
+    for i, segment in enumerate(segments):
+        if i >= len(parts):
+            return False
+        part = parts[i]
+        if glob and i == len(parts) - 1:
+            return segment.startswith(part)
+        if part not in ("+", segment):
+            return False
+    return len(parts) > len(segments) or glob
+
+
 def check_policy_name(name: str) -> str:
     if not _POLICY_NAME.match(name):
         raise InvalidRequest(f"invalid policy name {name!r}")
@@ -177,6 +195,20 @@ class ACL:
             if rule.matches(path):
                 return rule.capabilities
         return frozenset({"deny"})
+
+    def reaches_under(self, mount: str) -> bool:
+        """Whether any capability is granted on ``mount`` (``database/``) or on a path
+        beneath it: Vault's ``hasMountAccess``, which decides who may read a mount's
+        description at ``sys/internal/ui/mounts/<path>``. A ``deny`` grants nothing, so a
+        token denied on the mount itself still reaches it through an allowed path below."""
+        if self.root:
+            return True
+        if "deny" not in self.capabilities(mount):
+            return True
+        return any(
+            "deny" not in rule.capabilities and rule.capabilities and _reaches(rule.pattern, mount)
+            for rule in self._rules
+        )
 
     def allows(self, path: str, operation: str, *, sudo: bool = False) -> bool:
         """``operation`` is Vault's: read, list, update, delete. An update is allowed by

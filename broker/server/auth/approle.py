@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,7 @@ from broker.server.auth.tokens import (
 )
 from broker.server.storage.auth import AuthStore
 
-AUTH_TYPES = ("approle",)
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +45,7 @@ class AppRoleUpdate:
     secret_id_ttl: int | None = None
     secret_id_num_uses: int | None = None
     secret_id_bound_cidrs: tuple[str, ...] | None = None
+    token_period: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,52 +54,6 @@ class NewSecretId:
     accessor: str
     ttl: int
     num_uses: int
-
-
-class AuthMethods:
-    """Auth methods enabled under ``auth/`` (the token method is built in)."""
-
-    def __init__(self, store: AuthStore) -> None:
-        self._store = store
-        self._paths: dict[str, str] = {}
-
-    async def refresh(self) -> None:
-        self._paths = {m["path"]: m["type"] for m in await self._store.list_auth_methods()}
-
-    async def resolve(self, path: str) -> tuple[str, str, str] | None:
-        """``approle/login`` -> (mount, type, rest) by the longest enabled prefix; a miss
-        reloads once, so a method enabled on another node is found on first use."""
-        for attempt in range(2):
-            best = max(
-                (p for p in self._paths if path == p or path.startswith(p + "/")),
-                key=len,
-                default=None,
-            )
-            if best is not None:
-                return best, self._paths[best], path[len(best) + 1 :]
-            if attempt == 0:
-                await self.refresh()
-        return None
-
-    async def enable(self, path: str, type_: str, description: str) -> None:
-        path = path.strip("/")
-        if not _MOUNT_PATH.match(path):
-            raise InvalidRequest(f"invalid auth method path {path!r}")
-        if path == "token" or path.startswith("token/"):
-            raise InvalidRequest(f"path is already in use at {path}/")
-        if type_ not in AUTH_TYPES:
-            raise InvalidRequest(f"unknown auth method type {type_!r}")
-        accessor = f"auth_{type_}_{secrets.token_hex(4)}"
-        if not await self._store.insert_auth_method(path, type_, description, accessor):
-            raise InvalidRequest(f"path is already in use at {path}/")
-        await self.refresh()
-
-    async def disable(self, path: str) -> None:
-        await self._store.delete_auth_method(path.strip("/"))
-        await self.refresh()
-
-    async def list(self) -> list[dict[str, Any]]:
-        return await self._store.list_auth_methods()
 
 
 class AppRoleManager:
@@ -128,8 +80,10 @@ class AppRoleManager:
         role = dataclasses.replace(base, **changes)
         check_cidrs(role.token_bound_cidrs, "token_bound_cidrs")
         check_cidrs(role.secret_id_bound_cidrs, "secret_id_bound_cidrs")
-        if min(role.token_ttl, role.token_max_ttl, role.token_num_uses) < 0:
-            raise InvalidRequest("token_ttl, token_max_ttl and token_num_uses cannot be negative")
+        if min(role.token_ttl, role.token_max_ttl, role.token_num_uses, role.token_period) < 0:
+            raise InvalidRequest(
+                "token_ttl, token_max_ttl, token_period and token_num_uses cannot be negative"
+            )
         if min(role.secret_id_ttl, role.secret_id_num_uses) < 0:
             raise InvalidRequest("secret_id_ttl and secret_id_num_uses cannot be negative")
         if role.token_max_ttl and role.token_ttl > role.token_max_ttl:
@@ -239,12 +193,15 @@ class AppRoleManager:
             TokenRequest(
                 policies=role.token_policies,
                 ttl=role.token_ttl or None,
-                explicit_max_ttl=role.token_max_ttl,
+                # Vault: a periodic token has no maximum but an explicit one, and
+                # token_max_ttl is not one (AppRole has no token_explicit_max_ttl here).
+                explicit_max_ttl=0 if role.token_period else role.token_max_ttl,
                 num_uses=role.token_num_uses,
                 no_parent=True,
                 display_name=role.name,  # the login names show which app it is
                 meta={"role_name": role.name},
                 bound_cidrs=role.token_bound_cidrs,
                 path=f"auth/{mount}/login",
+                period=role.token_period,
             ),
         )

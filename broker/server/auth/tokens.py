@@ -135,6 +135,9 @@ class TokenRequest:
     meta: dict[str, str] = field(default_factory=dict)
     bound_cidrs: tuple[str, ...] = ()
     path: str = "auth/token/create"
+    #: Vault's periodic token: every renewal sets the TTL back to this (seconds), with no
+    #: maximum but ``explicit_max_ttl``. Auth methods pass their role's ``token_period``.
+    period: int = 0
 
 
 class TokenManager:
@@ -195,17 +198,26 @@ class TokenManager:
     # -- creation -------------------------------------------------------------------------
 
     async def create(
-        self, parent: Caller, request: TokenRequest, *, may_orphan: bool = False
+        self,
+        parent: Caller,
+        request: TokenRequest,
+        *,
+        may_orphan: bool = False,
+        may_period: bool = False,
     ) -> tuple[str, TokenEntry]:
         """``auth/token/create``: a child of ``parent`` (or an orphan, for callers allowed
         to make one) under Vault's rules: a use-limited token has no children, a non-root
-        parent hands out only its own policies, and a child cannot outlive its parent."""
+        parent hands out only its own policies, a child cannot outlive its parent, and only
+        root or sudo makes a periodic token (``may_period``: the caller has sudo on the
+        path), which would otherwise be a way past every maximum TTL."""
         if parent.entry is not None and parent.entry.num_uses > 0:
             # Vault's rule: otherwise a token's last use would buy an unlimited child.
             raise InvalidRequest("restricted use token cannot generate child tokens")
         policies = self._child_policies(parent, request)
         if request.no_parent and not (parent.is_root or may_orphan):
             raise PermissionDenied("root or sudo privileges required to create orphan token")
+        if request.period and not (parent.is_root or may_period):
+            raise InvalidRequest("root or sudo privileges required to create periodic token")
         ceiling = None if request.no_parent or parent.entry is None else parent.entry
         if parent.entry is not None and parent.entry.bound_cidrs:
             bound = child_cidrs(parent.entry.bound_cidrs, request.bound_cidrs)
@@ -233,11 +245,15 @@ class TokenManager:
         child's expiry and maximum are capped at the parent's maximum."""
         if request.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
+        if request.period < 0:
+            raise InvalidRequest("period must be positive")
         now = _now()
-        max_ttl = self._settings.token_max_ttl
-        if request.explicit_max_ttl:
-            max_ttl = min(max_ttl, request.explicit_max_ttl)
-        if request.ttl is None and ROOT in policies:
+        max_ttl = self._max_ttl(request.explicit_max_ttl)
+        if request.period:
+            # Vault's periodic token: the TTL is the period (capped at the maximum, as
+            # every renewal will be), and only an explicit max TTL ends its renewals.
+            ttl = min(request.period, max_ttl)
+        elif request.ttl is None and ROOT in policies:
             ttl = 0  # a root token asked for without a TTL never expires
         else:
             ttl = request.ttl if request.ttl else self._settings.token_default_ttl
@@ -250,6 +266,9 @@ class TokenManager:
             display = _DISPLAY_NAME_UNSAFE.sub("-", request.display_name) or display
         expires_at = now + dt.timedelta(seconds=ttl) if ttl else None
         max_expires_at = now + dt.timedelta(seconds=max_ttl) if ttl else None
+        if request.period:
+            explicit = request.explicit_max_ttl
+            max_expires_at = now + dt.timedelta(seconds=explicit) if explicit else None
         if ceiling is not None and ceiling.max_expires_at is not None:
             limit = ceiling.max_expires_at
             if expires_at is None or expires_at > limit:
@@ -275,6 +294,7 @@ class TokenManager:
             created_at=now,
             expires_at=expires_at,
             max_expires_at=max_expires_at,
+            period=request.period,
         )
         token = new_token()
         await self._store.insert_token(self._store.barrier.token_hmac(token), entry)
@@ -315,13 +335,25 @@ class TokenManager:
     async def list_accessors(self) -> list[str]:
         return await self._store.list_token_accessors()
 
+    def _max_ttl(self, explicit_max_ttl: int) -> int:
+        """The most a token's TTL can be at once: the configured maximum, or its explicit
+        max TTL if smaller (Vault's ``CalculateTTL``)."""
+        max_ttl = self._settings.token_max_ttl
+        return min(max_ttl, explicit_max_ttl) if explicit_max_ttl else max_ttl
+
     async def renew(self, entry: TokenEntry, increment: int) -> TokenEntry:
+        """Vault's token renewal: the TTL becomes ``increment`` (or the last TTL), never
+        past the token's maximum; a periodic token's becomes its period whatever the
+        increment, and it has no maximum but its explicit max TTL."""
         if entry.expires_at is None:
             return entry  # nothing to renew: it never expires
         if not entry.renewable:
             raise InvalidRequest("token is not renewable")
         now = _now()
-        increment = increment if increment > 0 else entry.ttl
+        if entry.period:
+            increment = min(entry.period, self._max_ttl(entry.explicit_max_ttl))
+        else:
+            increment = increment if increment > 0 else entry.ttl
         expires_at = now + dt.timedelta(seconds=increment)
         if entry.max_expires_at is not None and expires_at > entry.max_expires_at:
             expires_at = entry.max_expires_at
@@ -338,6 +370,17 @@ class TokenManager:
         """The token, its descendants and all their leases (the sweep drops the logins)."""
         tokens, leases = await self._store.revoke_token_trees([accessor])
         await self._revoked(tokens, leases)
+
+    async def revoke_logins(self, mount: str) -> int:
+        """Every token the auth method at ``mount`` issued, with its descendants and all
+        their leases: Vault logs out an auth method's users when the method is disabled.
+        The number of tokens revoked."""
+        accessors = await self._store.login_token_accessors(f"auth/{mount}/login")
+        if not accessors:
+            return 0
+        tokens, leases = await self._store.revoke_token_trees(accessors)
+        await self._revoked(tokens, leases)
+        return tokens
 
     async def revoke_orphan(self, accessor: str) -> None:
         """The token and its leases; its children become orphans and live on."""
@@ -381,21 +424,23 @@ class TokenManager:
 
     @staticmethod
     def describe(entry: TokenEntry, token: str | None = None) -> dict[str, Any]:
-        """Vault's token lookup fields."""
+        """Vault's token lookup fields, with its JSON types (``handleLookup`` in Vault's
+        token store): times as RFC 3339 strings, durations as integer seconds; ``period``
+        only for a periodic token and ``bound_cidrs`` only for a bound one, as Vault."""
         now = _now()
         ttl = 0
         if entry.expires_at is not None:
             ttl = max(0, int((entry.expires_at - now).total_seconds()))
-        return {
+        described: dict[str, Any] = {
             "accessor": entry.accessor,
             "creation_time": int(entry.created_at.timestamp()),
             "creation_ttl": entry.ttl,
             "display_name": entry.display_name,
             "entity_id": "",
-            "expire_time": entry.expires_at.isoformat() if entry.expires_at else None,
+            "expire_time": rfc3339(entry.expires_at) if entry.expires_at else None,
             "explicit_max_ttl": entry.explicit_max_ttl,
             "id": token or "",
-            "issue_time": entry.created_at.isoformat(),
+            "issue_time": rfc3339(entry.created_at),
             "meta": entry.meta or None,
             "num_uses": entry.uses_left if entry.num_uses else 0,
             "orphan": entry.parent_accessor is None,
@@ -404,5 +449,16 @@ class TokenManager:
             "renewable": entry.renewable,
             "ttl": ttl,
             "type": "service",
-            "bound_cidrs": list(entry.bound_cidrs) or None,
         }
+        if entry.period:
+            described["period"] = entry.period
+        if entry.bound_cidrs:
+            described["bound_cidrs"] = list(entry.bound_cidrs)
+        return described
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """A time as Go's ``time.Time`` writes it in JSON (RFC 3339, UTC as ``Z``), which is
+    what Vault clients parse: ``2025-01-02T03:04:05.123456Z``."""
+    text = moment.astimezone(dt.UTC).isoformat()
+    return text.removesuffix("+00:00") + "Z"

@@ -47,6 +47,27 @@ PER_TABLE_GRANT_WARNING = (
 )
 
 
+#: Integer options of a connection and the ranges they may take (a pool of 0 or a timeout
+#: of ages would only fail later, at issuance, instead of when the connection is written).
+OPTION_RANGES = {
+    "max_open_connections": (1, 1000),
+    "max_idle_connections": (0, 1000),
+    "connect_timeout": (1, 600),
+    "statement_timeout": (1, 3600),
+}
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse an integer option out of its range, whoever writes it (the API, or the
+    declarative configuration)."""
+    for key, (low, high) in OPTION_RANGES.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidRequest(f"{key}: expected a whole number from {low} to {high}")
+
+
 def check_name(kind: str, name: str) -> str:
     if not _NAME.match(name):
         raise InvalidRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
@@ -74,6 +95,9 @@ class ConnectionUpdate:
     username_template: str | None = None
     verify_connection: bool | None = None
     options: dict[str, Any] | None = None
+    #: The options given replace the stored ones instead of merging into them key by key
+    #: (the declarative configuration states them all; an option it drops must go).
+    replace_options: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +228,13 @@ class Catalog:
         else:
             base = existing
         changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
-        if update.options is not None:  # options merge key by key, like the other fields
+        del changes["replace_options"]
+        if update.options is not None and not update.replace_options:
+            # Options merge key by key, like the other fields.
             changes["options"] = {**base.options, **update.options}
         connection = dataclasses.replace(base, **changes)
         check_plugin_name(connection.plugin_name)
+        check_options(connection.options)
         if connection.username_template:
             UsernameTemplate(connection.username_template)
         check_statements(

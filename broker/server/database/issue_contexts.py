@@ -2,8 +2,10 @@
 
 Exact, not time-based: every catalog write clears this node's cache and NOTIFYs the other
 nodes, whose listeners clear theirs. A read that raced an invalidation is not stored (the
-generation check). While no listener is connected (storage down, or before start) the
-cache is bypassed and every request reads storage, as it would without a cache.
+generation check). While no listener is connected (storage down or failing over, or
+before start) the cache is bypassed and every request reads storage, as it would without
+a cache; the connector subscribes again by itself, and the cache starts empty then, since
+notifications sent meanwhile were missed.
 """
 
 from __future__ import annotations
@@ -28,24 +30,31 @@ class IssueContextCache:
         self._store = store
         self._entries: dict[tuple[str, str], IssueContext] = {}
         self._generation = 0
+        #: Stops the subscription, once one was made (it then re-subscribes by itself).
         self._stop: Callable[[], Awaitable[None]] | None = None
+        #: Whether the subscription is live now: only then may entries be kept.
+        self._listening = False
         self._next_attempt = 0.0
         self._starting: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
-        return self._stop is not None
+        return self._listening
 
     async def start(self) -> None:
         self._next_attempt = time.monotonic() + _RELISTEN_EVERY
         try:
-            self._stop = await self._store.listen_changes(self.invalidate, self._lost)
+            self._stop = await self._store.listen_changes(
+                self.invalidate, self._lost, self._restored
+            )
+            self._listening = True
         except StorageUnavailable:
             log.warning("catalog cache off until storage can be listened to")
         self.invalidate()  # anything read before the listener existed may be stale
 
     async def close(self) -> None:
         stop, self._stop = self._stop, None
+        self._listening = False
         if stop is not None:
             await stop()
 
@@ -54,20 +63,27 @@ class IssueContextCache:
         self._entries.clear()
 
     def _lost(self) -> None:
-        self._stop = None
+        self._listening = False
         self.invalidate()
+
+    def _restored(self) -> None:
+        self.invalidate()  # changes notified while the subscription was down were missed
+        self._listening = True
 
     async def get(self, mount: str, role: str) -> IssueContext | None:
         key = (mount, role)
-        if self._stop is not None:
+        if self._listening:
             cached = self._entries.get(key)
             if cached is not None:
                 return cached
-        elif time.monotonic() >= self._next_attempt and self._starting is None:
+        elif (
+            self._stop is None and time.monotonic() >= self._next_attempt and self._starting is None
+        ):
+            # Never subscribed (storage was down at start): try again now and then.
             self._starting = asyncio.get_running_loop().create_task(self._restart())
         generation = self._generation
         context = await self._store.get_issue_context(mount, role)
-        if context is not None and self._stop is not None and generation == self._generation:
+        if context is not None and self._listening and generation == self._generation:
             self._entries[key] = context
         return context
 

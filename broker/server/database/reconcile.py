@@ -102,16 +102,20 @@ class Reconciler:
                         report.errors.append(f"{name}: {exc.message}")
         return report
 
-    async def report_orphans(self) -> None:
-        """The scheduled (report-only) form."""
-        report = await self.run(revoke=False)
+    async def report_orphans(self, *, revoke: bool = False) -> None:
+        """The scheduled form: report-only unless ``revoke`` (``reconcile_revoke``)."""
+        report = await self.run(revoke=revoke)
+        dropped = set(report.revoked)
         for orphan in report.orphans:
             log.warning(
-                "orphan user %s on %s/%s has no live lease",
+                "orphan user %s on %s/%s has no live lease%s",
                 orphan.username,
                 orphan.mount,
                 orphan.connection,
+                ": dropped" if orphan in dropped else "",
             )
+        for error in report.errors:
+            log.warning("reconcile: %s", error)
         for other in report.unmarked:
             log.info(
                 "user %s on %s/%s looks like the broker's but is not this install's: left alone",

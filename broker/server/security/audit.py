@@ -220,9 +220,19 @@ class Auditor:
         return TableSink(self._store, device.path, self._node_id)
 
     async def enable(
-        self, path: str, type_: str, description: str, options: dict[str, str]
+        self,
+        path: str,
+        type_: str,
+        description: str,
+        options: dict[str, str],
+        *,
+        from_config: bool = False,
     ) -> None:
-        if not self._api_creation:
+        """``from_config``: the server's declarative configuration enables the device, so
+        ``allow_api_audit_creation`` does not apply. The setting keeps API callers from
+        choosing where the audit trail goes; whoever writes the server's configuration
+        already decides that (and ``audit_file_dirs`` still confines file devices)."""
+        if not self._api_creation and not from_config:
             raise PermissionDenied(
                 "audit devices cannot be enabled through the API: the server setting "
                 "allow_api_audit_creation is false"

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from broker.exceptions import IntegrityError
 from broker.models import AppRole, TokenEntry
 from broker.server.storage import integrity
+from broker.server.storage.barrier import ciphertext_term
 from broker.server.storage.connector import AUTH_CHANNEL, Connector, Store, rows_affected
 from broker.server.storage.keyring import KeyringStore
 
@@ -77,6 +79,7 @@ class AuthStore(Store):
             entry.expires_at,
             entry.max_expires_at,
             mac,
+            entry.period,
         )
 
     async def get_token_by_hmac(self, token_hmac: bytes) -> TokenEntry | None:
@@ -117,6 +120,10 @@ class AuthStore(Store):
         row = await self._fetchrow("revoke_token_trees", list(accessors))
         assert row is not None
         return int(row["tokens"]), int(row["leases"])
+
+    async def login_token_accessors(self, login_path: str) -> list[str]:
+        """The tokens issued by logins at ``login_path`` (``auth/<mount>/login``)."""
+        return [row["accessor"] for row in await self._fetch("login_token_accessors", login_path)]
 
     async def orphan_children(self, accessor: str) -> None:
         """The children lose their parent and are re-authenticated without it. A child
@@ -183,6 +190,47 @@ class AuthStore(Store):
     async def delete_auth_method(self, path: str) -> bool:
         return await self._fetchval("delete_auth_method", path) is not None
 
+    # -- auth method configuration and roles (Kubernetes, JWT/OIDC) ----------------------
+
+    @staticmethod
+    def _entry_context(mount: str, kind: str, name: str) -> str:
+        return f"broker_auth_entries/{mount}/{kind}/{name}"
+
+    async def put_auth_entry(self, mount: str, kind: str, name: str, body: dict[str, Any]) -> None:
+        """Store a method's ``config`` or one of its roles as sealed JSON (see migration
+        0011): the body holds secrets and decides policies, so it is encrypted and bound
+        to its key. Writes tell the other nodes, which drop their cached copies."""
+        sealed = self.barrier.encrypt_text(
+            json.dumps(body, sort_keys=True), self._entry_context(mount, kind, name)
+        )
+        await self._execute("upsert_auth_entry", mount, kind, name, sealed)
+        await self.notify_changed("auth_entries")
+
+    async def get_auth_entry(self, mount: str, kind: str, name: str) -> dict[str, Any] | None:
+        stored = await self._fetchval("get_auth_entry", mount, kind, name)
+        if stored is None:
+            return None
+        key = {"mount": mount, "kind": kind, "name": name}
+        if ciphertext_term(stored) is None:
+            # Never written in plain text: a plain row was planted in storage.
+            self._keyring.integrity_failure(integrity.AUTH_ENTRIES, key)
+        try:
+            text = self.barrier.decrypt_text(stored, self._entry_context(mount, kind, name))
+        except IntegrityError:  # edited, or moved from another row: its context differs
+            self._keyring.integrity_failure(integrity.AUTH_ENTRIES, key)
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            self._keyring.integrity_failure(integrity.AUTH_ENTRIES, key)
+        return body
+
+    async def list_auth_entries(self, mount: str, kind: str) -> list[str]:
+        return [row["name"] for row in await self._fetch("list_auth_entries", mount, kind)]
+
+    async def delete_auth_entry(self, mount: str, kind: str, name: str) -> bool:
+        deleted = await self._fetchval("delete_auth_entry", mount, kind, name) is not None
+        await self.notify_changed("auth_entries")
+        return deleted
+
     async def upsert_approle_role(self, r: AppRole) -> None:
         await self._execute(
             "upsert_approle_role",
@@ -199,6 +247,7 @@ class AuthStore(Store):
             r.secret_id_num_uses,
             list(r.secret_id_bound_cidrs),
             await self._keyring.mac_row(integrity.APPROLE_ROLES, dataclasses.asdict(r)),
+            r.token_period,
         )
 
     async def get_approle_role(

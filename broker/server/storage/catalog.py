@@ -67,10 +67,14 @@ class CatalogStore(Store):
         await self._db.notify(CATALOG_CHANNEL)
 
     async def listen_changes(
-        self, on_change: Callable[[], None], on_lost: Callable[[], None]
+        self,
+        on_change: Callable[[], None],
+        on_lost: Callable[[], None],
+        on_restored: Callable[[], None] | None = None,
     ) -> Callable[[], Awaitable[None]]:
-        """See ``Connector.listen``: ``on_change`` runs when any node changed the catalog."""
-        return await self._db.listen(CATALOG_CHANNEL, on_change, on_lost)
+        """See ``Connector.listen``: ``on_change`` runs when any node changed the catalog;
+        the subscription survives storage restarts and failovers."""
+        return await self._db.listen(CATALOG_CHANNEL, on_change, on_lost, on_restored)
 
     # -- mounts ---------------------------------------------------------------------------
 

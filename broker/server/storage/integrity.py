@@ -28,11 +28,21 @@ _BYTES = (bytes, bytearray, memoryview)
 
 @dataclass(frozen=True, slots=True)
 class RowSpec:
-    """A table's primary key and the columns its MAC covers."""
+    """A table's primary key and the columns its MAC covers.
+
+    ``added`` are columns that came after rows were first authenticated (a migration adds
+    them with default 0). They are covered too, but a column's entry is in the message only
+    when its value is not 0: a row MAC'd before the column existed (so 0 in it now) has the
+    very message it was MAC'd over and still checks, with no re-authentication pass
+    (which would have to trust whatever storage holds at that moment). The form stays
+    unambiguous: the entry's presence follows from the value, so setting the column
+    from 0 to anything, or back to 0, changes the message and fails the check.
+    """
 
     table: str
     key: tuple[str, ...]
     columns: tuple[str, ...]
+    added: tuple[str, ...] = ()
 
 
 CONNECTIONS = RowSpec(
@@ -96,6 +106,7 @@ TOKENS = RowSpec(
         "expires_at",
         "max_expires_at",
     ),
+    added=("period",),  # 0010_token_period
 )
 APPROLE_ROLES = RowSpec(
     "broker_approle_roles",
@@ -112,6 +123,7 @@ APPROLE_ROLES = RowSpec(
         "secret_id_num_uses",
         "secret_id_bound_cidrs",
     ),
+    added=("token_period",),  # 0010_token_period
 )
 AUDIT_DEVICES = RowSpec("broker_audit_devices", ("path",), ("type", "description", "options"))
 #: What a lease row makes the broker do at revocation and renewal (run statements as the
@@ -136,6 +148,10 @@ LEASES = RowSpec(
 )
 
 #: Every authenticated table, in the order the upgrade authenticates them.
+#: Sealed, not MACed: each body is AES-GCM under the keyring with this key as associated
+#: data (storage/auth.py), which authenticates it. Named here for the integrity alert only;
+#: not in ALL_SPECS, whose rows carry a MAC column.
+AUTH_ENTRIES = RowSpec("broker_auth_entries", ("mount", "kind", "name"), ("body",))
 ALL_SPECS = (
     CONNECTIONS,
     ROLES,
@@ -169,13 +185,19 @@ def _canonical(value: Any) -> Any:
 
 def row_message(spec: RowSpec, row: Mapping[str, Any]) -> bytes:
     """The bytes a row's MAC is computed over: table, key values and covered columns, as
-    JSON with sorted keys (unambiguous: every string is quoted and escaped)."""
+    JSON with sorted keys (unambiguous: every string is quoted and escaped). An ``added``
+    column is in it only when not 0 (see ``RowSpec``)."""
+    covered = {c: _canonical(row[c]) for c in spec.columns}
+    for column in spec.added:
+        value = row[column]
+        if value != 0 or isinstance(value, bool):
+            covered[column] = _canonical(value)
     return json.dumps(
         [
             "broker-row/v1",
             spec.table,
             [_canonical(row[k]) for k in spec.key],
-            {c: _canonical(row[c]) for c in spec.columns},
+            covered,
         ],
         sort_keys=True,
         separators=(",", ":"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from broker.exceptions import IntegrityError, KeyringChanged, RowIntegrityError
 from broker.models import SealRecord
@@ -168,7 +168,7 @@ class KeyringStore(Store):
             return
         self.integrity_failure(spec, row)
 
-    def integrity_failure(self, spec: RowSpec, row: Mapping[str, Any]) -> None:
+    def integrity_failure(self, spec: RowSpec, row: Mapping[str, Any]) -> NoReturn:
         """Alert, count and refuse: the row is never used."""
         log.error(
             "ALERT: storage integrity check failed for %s row %s: it was changed, moved or "

@@ -32,6 +32,12 @@ class NodeStore(Store):
     async def live_nodes(self, within_seconds: float) -> list[dict[str, Any]]:
         return [dict(row) for row in await self._fetch("live_nodes", float(within_seconds))]
 
+    async def storage_writable(self) -> bool:
+        """Whether the storage server this node reaches takes writes (a promoted standby
+        does, the old primary restarted as a standby does not); unreachable raises
+        ``StorageUnavailable``. See ``Connector.writable``."""
+        return await self._db.writable()
+
     async def install_id(self) -> str:
         """This install's id, made with the storage (migration 0008) and shared by all its
         nodes: the mark on the users the engines create (see ``reconcile.py``)."""

@@ -12,6 +12,7 @@ from broker.server.storage.auth import AuthStore
 from broker.server.storage.barrier import Barrier
 from broker.server.storage.catalog import CatalogStore
 from broker.server.storage.connector import Connector
+from broker.server.storage.declared import DeclaredStore
 from broker.server.storage.keyring import KeyringStore
 from broker.server.storage.leases import LeaseStore
 from broker.server.storage.migrations import apply_migrations
@@ -29,6 +30,7 @@ class Stores:
     auth: AuthStore
     audit: AuditStore
     nodes: NodeStore
+    declared: DeclaredStore
 
     @classmethod
     def open(cls, pool: asyncpg.Pool, barrier: Barrier | None = None) -> Stores:
@@ -44,6 +46,7 @@ class Stores:
             auth=AuthStore(connector, keyring),
             audit=AuditStore(connector, keyring),
             nodes=NodeStore(connector),
+            declared=DeclaredStore(connector, keyring),
         )
 
     async def migrate(self) -> list[str]:

@@ -14,7 +14,17 @@ _BLOCK_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 _MIGRATION = re.compile(r"^[0-9]{4}_.+\.sql$")
 #: Every file of named queries, by the name its module loads it under: block names are
 #: unique across all of them, so a name says which query it is wherever it appears.
-QUERY_FILES = ("connector", "migrations", "catalog", "leases", "nodes", "keyring", "auth", "audit")
+QUERY_FILES = (
+    "connector",
+    "migrations",
+    "catalog",
+    "leases",
+    "nodes",
+    "keyring",
+    "auth",
+    "audit",
+    "declared",
+)
 
 
 def sql_dir() -> Traversable:

@@ -5,19 +5,20 @@
 -- insert_token --
 INSERT INTO broker_tokens
     (accessor, token_hmac, parent_accessor, policies, display_name, meta, num_uses, uses_left,
-     ttl, explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at, mac)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+     ttl, explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at, mac,
+     period)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 
 -- get_token_by_hmac --
 SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
        explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
-       token_hmac, mac
+       period, token_hmac, mac
 FROM broker_tokens WHERE token_hmac = $1
 
 -- get_token_by_accessor --
 SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
        explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
-       token_hmac, mac
+       period, token_hmac, mac
 FROM broker_tokens WHERE accessor = $1
 
 -- use_token --
@@ -51,11 +52,15 @@ due AS (
 )
 SELECT (SELECT count(*) FROM gone) AS tokens, (SELECT count(*) FROM due) AS leases
 
+-- login_token_accessors --
+-- The tokens an auth method's logins issued (their path is the method's login path).
+SELECT accessor FROM broker_tokens WHERE path = $1
+
 -- children_of_token --
 -- Orphaning: the children as stored, re-authenticated without their parent.
 SELECT accessor, parent_accessor, policies, display_name, meta, num_uses, uses_left, ttl,
        explicit_max_ttl, renewable, path, bound_cidrs, created_at, expires_at, max_expires_at,
-       token_hmac, mac
+       period, token_hmac, mac
 FROM broker_tokens WHERE parent_accessor = $1
 
 -- orphan_children --
@@ -110,8 +115,8 @@ DELETE FROM broker_auth_methods WHERE path = $1 RETURNING path
 INSERT INTO broker_approle_roles
     (mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
      token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses, secret_id_bound_cidrs,
-     mac)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     mac, token_period)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (mount, name) DO UPDATE SET
     role_id = EXCLUDED.role_id,
     bind_secret_id = EXCLUDED.bind_secret_id,
@@ -123,13 +128,14 @@ ON CONFLICT (mount, name) DO UPDATE SET
     secret_id_ttl = EXCLUDED.secret_id_ttl,
     secret_id_num_uses = EXCLUDED.secret_id_num_uses,
     secret_id_bound_cidrs = EXCLUDED.secret_id_bound_cidrs,
+    token_period = EXCLUDED.token_period,
     mac = EXCLUDED.mac
 
 -- get_approle_role --
 -- By name ($2) or, for a login, by role ID ($3); the other is NULL.
 SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
        token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
-       secret_id_bound_cidrs, mac
+       secret_id_bound_cidrs, token_period, mac
 FROM broker_approle_roles WHERE mount = $1 AND (name = $2 OR role_id = $3)
 
 -- list_approle_roles --
@@ -190,3 +196,16 @@ WHERE token_hmac = $1 AND expires_at > now()
 
 -- tidy_wrapped_responses --
 DELETE FROM broker_wrapped_responses WHERE expires_at <= now()
+
+-- upsert_auth_entry --
+INSERT INTO broker_auth_entries (mount, kind, name, body) VALUES ($1, $2, $3, $4)
+ON CONFLICT (mount, kind, name) DO UPDATE SET body = EXCLUDED.body, updated_at = now()
+
+-- get_auth_entry --
+SELECT body FROM broker_auth_entries WHERE mount = $1 AND kind = $2 AND name = $3
+
+-- list_auth_entries --
+SELECT name FROM broker_auth_entries WHERE mount = $1 AND kind = $2 ORDER BY name
+
+-- delete_auth_entry --
+DELETE FROM broker_auth_entries WHERE mount = $1 AND kind = $2 AND name = $3 RETURNING name

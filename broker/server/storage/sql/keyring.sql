@@ -74,13 +74,13 @@ SELECT name, policy FROM broker_policies WHERE mac IS NULL
 
 -- unauthenticated_broker_tokens --
 SELECT accessor, token_hmac, parent_accessor, policies, display_name, meta, num_uses, ttl,
-       explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at
+       explicit_max_ttl, renewable, path, bound_cidrs, expires_at, max_expires_at, period
 FROM broker_tokens WHERE mac IS NULL
 
 -- unauthenticated_broker_approle_roles --
 SELECT mount, name, role_id, bind_secret_id, token_policies, token_ttl, token_max_ttl,
        token_num_uses, token_bound_cidrs, secret_id_ttl, secret_id_num_uses,
-       secret_id_bound_cidrs
+       secret_id_bound_cidrs, token_period
 FROM broker_approle_roles WHERE mac IS NULL
 
 -- unauthenticated_broker_audit_devices --
