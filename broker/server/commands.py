@@ -389,6 +389,10 @@ async def _apply(args: argparse.Namespace) -> int:
                 "(or set declarative_file)"
             )
         config = load_declarative(settings.declarative_file)
+        if args.dry_run:
+            # A plan changes nothing, the schema included: a drift check run with a newer
+            # broker must not migrate the storage older nodes are running on.
+            settings = settings.replace(apply_migrations=False)
         async with declarative_targets(settings) as targets:
             changes = await apply(targets, config, dry_run=args.dry_run)
     except BrokerError as exc:

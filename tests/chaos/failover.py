@@ -111,7 +111,7 @@ async def _drive(
                             now = time.monotonic()
                             load.acked[body["lease_id"]] = now
                             load.successes.append(now)
-                        elif resp.status >= 500:
+                        elif resp.status == 503:  # a 500 is a bug, not a refusal
                             load.refused += 1
                             await asyncio.sleep(0.02)  # a client's retry delay, not a spin
                         else:

@@ -144,3 +144,14 @@ async def test_hostile_options_on_an_existing_connection_change_nothing(
     for limit in ("abc", "0", "-1", "99999999"):
         reply = await http.read(f"sys/leases?type=irrevocable&limit={limit}")
         assert reply.status == 400 and "limit" in reply.errors[0], (limit, reply.body)
+
+
+async def test_digits_that_are_not_ascii_are_a_400_not_a_500(broker: RunningBroker) -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails: a number parameter checked with
+    ``isdigit`` alone was a 500 for anyone who may call the path (sys/init needs no token)."""
+    listed = await broker.http.call("GET", "sys/leases?type=irrevocable&limit=%C2%B2")
+    assert listed.status == 400, listed.body
+    assert listed.body["errors"] == ["limit must be a whole number from 1 to 10000"]
+    init = await broker.http.call("PUT", "sys/init", {"secret_shares": "²"}, token="")
+    assert init.status == 400, init.body
+    assert init.body["errors"] == ["secret_shares: expected a positive integer"]

@@ -91,6 +91,16 @@ def test_the_broker_may_review_pod_tokens() -> None:
     assert 'kubernetes_host = "https://kubernetes.default.svc"' in configmap
 
 
+def test_liveness_does_not_depend_on_storage() -> None:
+    """sys/health answers 503 while storage fails over; a liveness probe on it would have
+    Kubernetes restart every node during a failover, into crash-loop backoff. Readiness
+    takes the nodes out of the Service meanwhile; liveness only asks the process."""
+    deployment = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "tcpSocket" in container["livenessProbe"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/sys/health"
+
+
 def test_systemd_unit(tmp_path: Path) -> None:
     unit = (DEPLOY / "systemd" / "broker.service").read_text()
     assert "ExecStart=/usr/local/bin/broker server" in unit and "KillSignal=SIGTERM" in unit

@@ -45,3 +45,21 @@ def test_hosts_and_ports_from_the_query() -> None:
 def test_refuses_a_read_only_target(attrs: str) -> None:
     with pytest.raises(ValueError, match="writes to its storage"):
         StorageAddress.parse(f"postgresql://u@h/db?target_session_attrs={attrs}")
+
+
+def test_a_malformed_dsn_is_refused_without_quoting_it() -> None:
+    """A password with an unencoded '/' ends the host part there, so what follows the
+    user's colon reads as a port: the refusal names the mistake, never that text (a piece
+    of the password), in its message or in a chained exception."""
+    with pytest.raises(ValueError) as refused:
+        StorageAddress.parse("postgresql://broker:s3cr/et@db.internal/broker")
+    assert "s3cr" not in str(refused.value) and "percent-encoded" in str(refused.value)
+    assert refused.value.__cause__ is None and refused.value.__context__ is None
+
+
+def test_a_port_list_must_match_the_hosts() -> None:
+    """libpq's rule: one port for every host, or one per host (not an IndexError)."""
+    with pytest.raises(ValueError, match="2 port numbers to 3 hosts"):
+        StorageAddress.parse("postgresql://u@a,b,c/broker?port=5433,5434")
+    with pytest.raises(ValueError, match="2 port numbers to 3 hosts"):
+        StorageAddress.parse("postgresql://u@/broker?host=a,b,c&port=5433,5434")

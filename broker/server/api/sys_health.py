@@ -14,7 +14,9 @@ from broker.server.api.responses import json_response, vault_response
 
 def _code(ctx: RequestContext, name: str, default: int) -> int:
     value = ctx.request.query.get(name, "")
-    return int(value) if value.isdigit() and 200 <= int(value) <= 599 else default
+    # ASCII digits only: ``isdigit`` also takes "²", which ``int`` refuses (a 500).
+    number = value.isascii() and value.isdigit()
+    return int(value) if number and 200 <= int(value) <= 599 else default
 
 
 async def read_health(ctx: RequestContext) -> web.StreamResponse:

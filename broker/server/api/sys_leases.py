@@ -144,7 +144,7 @@ async def count_failing(ctx: RequestContext) -> web.StreamResponse:
 async def list_failing(ctx: RequestContext) -> web.StreamResponse:
     _check_irrevocable(ctx)
     text = ctx.params.text("limit", "1000") or "1000"
-    if not text.isdigit() or not 1 <= int(text) <= 10000:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10000:
         raise InvalidRequest("limit must be a whole number from 1 to 10000")
     rows = await ctx.services.leases.list_failing(int(text))
     leases = [

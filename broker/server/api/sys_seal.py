@@ -19,7 +19,7 @@ def _count(ctx: RequestContext, name: str, default: int) -> int:
     value = ctx.params.raw(name)
     if value is None or value == "":
         return default
-    if isinstance(value, bool) or not str(value).isdigit():
+    if isinstance(value, bool) or not (str(value).isascii() and str(value).isdigit()):
         raise InvalidRequest(f"{name}: expected a positive integer")
     return int(value)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from broker.exceptions import BrokerError, IntegrityError, InvalidRequest, NotInitialized
+from broker.exceptions import BrokerError, InvalidRequest, NotInitialized
 from broker.server.settings import Settings
 from broker.server.storage.barrier import (
     KEY_BYTES,
@@ -273,13 +273,15 @@ class SealManager:
     async def _unsealed(self) -> None:
         """Run the unseal work (load audit devices, check and upgrade rows...) while the node
         still answers as sealed: nothing is served before its audit devices are loaded. A
-        storage integrity failure during that work seals the node again: it never serves
-        half-unsealed, without the row key or the audit log it was meant to keep."""
+        storage integrity failure during that work seals the node again, and so does storage
+        failing (over) part-way, as Vault seals again when its post-unseal setup fails: it
+        never serves half-unsealed, without the row key or the audit log it was meant to
+        keep."""
         self._opening = True
         try:
             for callback in self._on_unseal:
                 await callback()
-        except IntegrityError:
+        except BaseException:
             self._opening = False
             self.seal()
             raise

@@ -143,8 +143,13 @@ def _host_list(spec: str, query_ports: str) -> tuple[tuple[str, int], ...]:
     """``h1:p1,[::1]:p2,h3`` as (host, port) pairs; a host without a port takes the
     matching entry of the ``port`` parameter (one for all, or one per host), else 5432."""
     ports = [p for p in query_ports.split(",") if p] if query_ports else []
+    items = [x for x in spec.split(",") if x]
+    if items and len(ports) > 1 and len(ports) != len(items):
+        raise ValueError(
+            f"storage_dsn: could not match {len(ports)} port numbers to {len(items)} hosts"
+        )
     hosts: list[tuple[str, int]] = []
-    for i, item in enumerate(x for x in spec.split(",") if x):
+    for i, item in enumerate(items):
         if item.startswith("["):  # [v6]:port
             host, _, rest = item[1:].partition("]")
             port_text = rest.removeprefix(":")
@@ -154,6 +159,13 @@ def _host_list(spec: str, query_ports: str) -> tuple[tuple[str, int], ...]:
             host, port_text = item, ""
         if not port_text and ports:
             port_text = ports[i] if len(ports) > 1 else ports[0]
+        if port_text and not (port_text.isascii() and port_text.isdigit()):
+            # Never quoted: a password with an unencoded '/', '?' or '#' ends the host
+            # part early, and its first piece then stands where a port would.
+            raise ValueError(
+                "storage_dsn: a port is not a number (a password with '@', '/', '?' or '#' "
+                "in it must be percent-encoded)"
+            )
         hosts.append((urllib.parse.unquote(host), int(port_text or _DEFAULT_PORT)))
     return tuple(hosts)
 

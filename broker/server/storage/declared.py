@@ -43,7 +43,15 @@ class DeclaredStore(Store):
         """Hold the cluster-wide apply lock until the block ends (waiting for it). A
         session that dies releases it, so a killed node never keeps the others waiting."""
         async with self._db.session() as conn:
-            await conn.fetchval(self._q["declared_lock"])
+            # The pool resets no session on release (connector._keep_session): a lock
+            # this session may hold when the lock or unlock statement did not finish
+            # (timed out, cancelled, storage gone) would stay with the pooled connection
+            # and stall every later apply, on every node. Closing the session frees it.
+            try:
+                await conn.fetchval(self._q["declared_lock"])
+            except BaseException:
+                conn.terminate()  # granted just as the wait was given up, perhaps
+                raise
             try:
                 yield
             finally:
@@ -51,6 +59,9 @@ class DeclaredStore(Store):
                     await conn.fetchval(self._q["declared_unlock"])
                 except DRIVER_ERRORS:
                     conn.terminate()  # a dead session releases its locks
+                except BaseException:
+                    conn.terminate()  # cancelled before the unlock ran
+                    raise
 
     async def entries(self) -> dict[tuple[str, str], DeclaredEntry]:
         """Every recorded object by (kind, path), its values decrypted (and so checked:
