@@ -328,6 +328,10 @@ async def test_read_only_storage_answers_503_and_drops_its_connections(
         await cluster.close()
 
 
+#: The silent hosts' listening sockets, by port, for tests that count what reached them.
+_SILENT_LISTENERS: dict[int, socket.socket] = {}
+
+
 @pytest.fixture
 def silent_host() -> Iterator[int]:
     """A port that accepts TCP connections and never answers (a hung or half-dead host):
@@ -335,9 +339,12 @@ def silent_host() -> Iterator[int]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
+    port = int(server.getsockname()[1])
+    _SILENT_LISTENERS[port] = server
     try:
-        yield int(server.getsockname()[1])
+        yield port
     finally:
+        del _SILENT_LISTENERS[port]
         server.close()
 
 
@@ -363,6 +370,37 @@ async def test_a_host_that_never_answers_is_skipped_and_dead_peers_are_noticed(
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 20_000
     finally:
         await pool.close()
+
+
+async def test_a_dead_first_host_costs_only_the_first_connection(
+    pg_target: PgCluster, silent_host: int
+) -> None:
+    """After a failover the old primary (first in the DSN) may hang for as long as it is
+    down: once a connection was made on the second host, new ones go there first instead of
+    each spending ``connect_timeout`` on the dead one."""
+    server = pg_target.server
+    dsn = (
+        f"postgresql://{server.user}:{server.password}@127.0.0.1:{silent_host},"
+        f"127.0.0.1:{server.port}/postgres?connect_timeout=1"
+    )
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as c:
+            ports = {await conn.fetchval("SELECT inet_server_port()") for conn in (a, b, c)}
+            assert ports == {server.port}
+    finally:
+        await pool.close()
+    # Every attempt on the silent host is a connection waiting in its accept queue.
+    listener = _SILENT_LISTENERS[silent_host]
+    listener.setblocking(False)
+    attempts = 0
+    try:
+        while True:
+            listener.accept()[0].close()
+            attempts += 1
+    except BlockingIOError:
+        pass
+    assert attempts == 1
 
 
 async def test_a_lost_listen_subscribes_again_and_says_so(
