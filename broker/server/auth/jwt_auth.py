@@ -48,6 +48,7 @@ from broker.server.auth.jwt_keys import (
     ssl_context,
     verify_with,
 )
+from broker.server.auth.records import record_json, record_values
 from broker.server.auth.role_tokens import RoleTokens
 from broker.server.auth.tokens import Caller, TokenManager, in_cidrs
 from broker.server.storage.auth import AuthStore
@@ -115,18 +116,59 @@ class JwtConfig:
         return self.bound_issuer or self.oidc_discovery_url
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        return record_json(self)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> JwtConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in body.items() if k in known
-        }
-        return cls(**values)
+        return cls(**record_values(cls, body))
+
+    def checked(self) -> JwtConfig:
+        """The config as stored, after Vault's checks that need no network (an API write
+        then fetches the discovery document or JWKS; the declarative file is checked with
+        this at load): one key source, the OIDC client pair, the algorithms, the response
+        settings, the public keys."""
+        config = dataclasses.replace(self, default_role=role_name(self.default_role))
+        sources = (config.oidc_discovery_url, config.jwks_url, config.jwt_validation_pubkeys)
+        if sum(1 for source in sources if source) != 1:
+            raise InvalidRequest(
+                "exactly one of 'jwt_validation_pubkeys', 'jwks_url' or 'oidc_discovery_url' "
+                "must be set"
+            )
+        if bool(config.oidc_client_id) != bool(config.oidc_client_secret):
+            raise InvalidRequest(
+                "both 'oidc_client_id' and 'oidc_client_secret' must be set for OIDC"
+            )
+        if config.oidc_client_id and not config.oidc_discovery_url:
+            raise InvalidRequest("'oidc_discovery_url' must be set for OIDC")
+        for alg in config.jwt_supported_algs:
+            if alg not in SUPPORTED_ALGS:
+                raise InvalidRequest(
+                    f'invalid jwt_supported_algs: unsupported signing algorithm "{alg}"'
+                )
+        config._check_response()
+        for pem in config.jwt_validation_pubkeys:
+            try:
+                parse_public_key(pem)
+            except KeySourceError as exc:
+                raise InvalidRequest(f"error parsing public key: {exc}") from exc
+        return config
+
+    def _check_response(self) -> None:
+        """``oidc_response_types`` and ``oidc_response_mode``, checked as Vault does
+        although the browser flow they configure is not served."""
+        if not set(self.oidc_response_types) <= set(_RESPONSE_TYPES):
+            raise InvalidRequest(
+                f"invalid response_types {list(self.oidc_response_types)}. "
+                "'code' and 'id_token' are allowed"
+            )
+        mode = self.oidc_response_mode
+        if mode in ("", "query"):
+            if "id_token" in self.oidc_response_types:
+                raise InvalidRequest(
+                    "query response_mode may not be used with an id_token response_type"
+                )
+        elif mode != "form_post":
+            raise InvalidRequest(f'invalid response_mode: "{mode}"')
 
     def describe(self) -> dict[str, Any]:
         """A config read: everything but ``oidc_client_secret``."""
@@ -166,31 +208,11 @@ class JwtRole:
     tokens: RoleTokens = field(default_factory=RoleTokens)
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "tokens":
-                value = self.tokens.to_json()
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            body[f.name] = value
-        return body
+        return record_json(self)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> JwtRole:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in body.items():
-            if key not in known:
-                continue
-            if key == "tokens":
-                value = RoleTokens.from_json(value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            values[key] = value
-        return cls(**values)
+        return cls(**record_values(cls, body, {"tokens": RoleTokens.from_json}))
 
     def describe(self) -> dict[str, Any]:
         """A role read: Vault's fields, then the token fields under both names."""
@@ -240,25 +262,7 @@ class JwtAuth:
         existing = await self._config(mount)
         if keep_namespace and existing is not None:
             config = dataclasses.replace(config, namespace_in_state=existing.namespace_in_state)
-        config = dataclasses.replace(config, default_role=role_name(config.default_role))
-        sources = (config.oidc_discovery_url, config.jwks_url, config.jwt_validation_pubkeys)
-        if sum(1 for source in sources if source) != 1:
-            raise InvalidRequest(
-                "exactly one of 'jwt_validation_pubkeys', 'jwks_url' or 'oidc_discovery_url' "
-                "must be set"
-            )
-        if bool(config.oidc_client_id) != bool(config.oidc_client_secret):
-            raise InvalidRequest(
-                "both 'oidc_client_id' and 'oidc_client_secret' must be set for OIDC"
-            )
-        if config.oidc_client_id and not config.oidc_discovery_url:
-            raise InvalidRequest("'oidc_discovery_url' must be set for OIDC")
-        for alg in config.jwt_supported_algs:
-            if alg not in SUPPORTED_ALGS:
-                raise InvalidRequest(
-                    f'invalid jwt_supported_algs: unsupported signing algorithm "{alg}"'
-                )
-        self._check_response(config)
+        config = config.checked()
         source = config.source
         fetched = None
         if source.remote:
@@ -270,34 +274,10 @@ class JwtAuth:
                 fetched = await fetch_keys(source)
             except KeySourceError as exc:
                 raise InvalidRequest(f"error checking {what}: {exc}") from exc
-        else:
-            for pem in config.jwt_validation_pubkeys:
-                try:
-                    parse_public_key(pem)
-                except KeySourceError as exc:
-                    raise InvalidRequest(f"error parsing public key: {exc}") from exc
         await self._store.put_auth_entry(mount, "config", "config", config.to_json())
         self.keys.forget(mount)
         if fetched is not None:
             self.keys.prime(mount, source, fetched)
-
-    @staticmethod
-    def _check_response(config: JwtConfig) -> None:
-        """``oidc_response_types`` and ``oidc_response_mode``, checked as Vault does
-        although the browser flow they configure is not served."""
-        if not set(config.oidc_response_types) <= set(_RESPONSE_TYPES):
-            raise InvalidRequest(
-                f"invalid response_types {list(config.oidc_response_types)}. "
-                "'code' and 'id_token' are allowed"
-            )
-        mode = config.oidc_response_mode
-        if mode in ("", "query"):
-            if "id_token" in config.oidc_response_types:
-                raise InvalidRequest(
-                    "query response_mode may not be used with an id_token response_type"
-                )
-        elif mode != "form_post":
-            raise InvalidRequest(f'invalid response_mode: "{mode}"')
 
     # -- roles ----------------------------------------------------------------------------
 

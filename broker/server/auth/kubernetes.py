@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.exceptions import InvalidRequest, NotFound, PermissionDenied
 from broker.models import TokenEntry
+from broker.server.auth.records import record_json, record_values
 from broker.server.auth.role_tokens import RoleTokens
 from broker.server.auth.tokens import Caller, TokenManager, in_cidrs
 from broker.server.storage.auth import AuthStore
@@ -113,16 +114,11 @@ class KubernetesConfig:
         return dataclasses.replace(self, host=host)
 
     def to_json(self) -> dict[str, Any]:
-        body = dataclasses.asdict(self)
-        body["pem_keys"] = list(self.pem_keys)
-        return body
+        return record_json(self)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> KubernetesConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in body.items() if k in known}
-        values["pem_keys"] = tuple(values.get("pem_keys") or ())
-        return cls(**values)
+        return cls(**record_values(cls, body))
 
     def describe(self) -> dict[str, Any]:
         """A config read: Vault's fields, the reviewer token only as ``..._set``."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from broker.exceptions import InvalidRequest
 from broker.server.auth.policy_store import ROOT
+from broker.server.auth.records import record_json, record_values
 from broker.server.auth.tokens import (
     Caller,
     TokenRequest,
@@ -79,18 +80,11 @@ class RoleTokens:
         return dataclasses.replace(self, policies=policies)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
+        return record_json(self)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> RoleTokens:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in body.items() if k in known
-        }
-        return cls(**values)
+        return cls(**record_values(cls, body))
 
     def describe(self) -> dict[str, Any]:
         """A role read's token fields, under Vault's names and the deprecated ones that

@@ -20,9 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.exceptions import InvalidRequest, NotFound
-from broker.server.auth.jwt_auth import JwtAuth, JwtConfig, role_name
-from broker.server.auth.jwt_keys import SUPPORTED_ALGS, KeySourceError, parse_public_key
+from broker.exceptions import NotFound
+from broker.server.auth.jwt_auth import JwtAuth, JwtConfig
 from broker.server.auth.kubernetes import KubernetesAuth, KubernetesConfig
 from broker.server.bootstrap.fields import Field, flag, names, plain, text
 from broker.server.bootstrap.targets import Targets
@@ -143,33 +142,21 @@ JWT_CONFIG_FIELDS: Mapping[str, Field] = {
 }
 
 
+def _jwt_config(values: Mapping[str, Any], secret: str) -> JwtConfig:
+    fields: dict[str, Any] = {
+        key: tuple(values[key]) if isinstance(values[key], list) else values[key]
+        for key in JWT_CONFIG_FIELDS
+    }
+    return JwtConfig(**fields, oidc_client_secret=secret)
+
+
 def _check_jwt(values: dict[str, Any]) -> dict[str, Any]:
-    """The rules of ``JwtAuth.write_config`` that need no network (a discovery or JWKS URL
-    is fetched when the config is written: an unreachable one fails that object then)."""
-    sources = (values["oidc_discovery_url"], values["jwks_url"], values["jwt_validation_pubkeys"])
-    if sum(1 for source in sources if source) != 1:
-        raise InvalidRequest(
-            "exactly one of 'jwt_validation_pubkeys', 'jwks_url' or 'oidc_discovery_url' "
-            "must be set"
-        )
-    if bool(values["oidc_client_id"]) != values["oidc_client_secret_set"]:
-        raise InvalidRequest(
-            "both 'oidc_client_id' and 'oidc_client_secret' (its _env or _file) must be set "
-            "for OIDC"
-        )
-    if values["oidc_client_id"] and not values["oidc_discovery_url"]:
-        raise InvalidRequest("'oidc_discovery_url' must be set for OIDC")
-    for alg in values["jwt_supported_algs"]:
-        if alg not in SUPPORTED_ALGS:
-            raise InvalidRequest(
-                f'invalid jwt_supported_algs: unsupported signing algorithm "{alg}"'
-            )
-    for pem in values["jwt_validation_pubkeys"]:
-        try:
-            parse_public_key(pem)
-        except KeySourceError as exc:
-            raise InvalidRequest(f"error parsing public key: {exc}") from exc
-    return {**values, "default_role": role_name(values["default_role"])}
+    """``JwtConfig.checked``: the rules of an API write that need no network (a discovery
+    or JWKS URL is fetched when the config is written: an unreachable one fails that
+    object then). The secret is read later; whether the file names one is enough here."""
+    secret = "<declared>" if values["oidc_client_secret_set"] else ""
+    checked = _jwt_config(values, secret).checked()
+    return {**values, "default_role": checked.default_role}
 
 
 class JwtConfigWriter:
@@ -199,11 +186,7 @@ class JwtConfigWriter:
     async def write(self, mount: str, values: Mapping[str, Any], secret: str) -> list[str]:
         """Fetches the discovery document or JWKS now, as an API write does: a provider
         the broker cannot reach fails this object (and the apply is retried)."""
-        fields: dict[str, Any] = {
-            key: tuple(values[key]) if isinstance(values[key], list) else values[key]
-            for key in JWT_CONFIG_FIELDS
-        }
-        config = JwtConfig(**fields, oidc_client_secret=secret)
+        config = _jwt_config(values, secret)
         # keep_namespace=False: namespace_in_state is declared like every other key.
         await self._jwt.write_config(mount, config, keep_namespace=False)
         return []
